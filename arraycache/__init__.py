@@ -1,0 +1,48 @@
+"""arraycache: joblib's Memory and Parallel, built for large numpy arrays.
+
+Cache entries are zarr v3 groups whose arrays load as ``np.memmap``; large
+arguments are hashed block by block in threads; the parallel runner hands
+large arrays to workers as memory-mapped files.
+"""
+
+from __future__ import annotations
+
+from .exceptions import (
+    CacheWarning,
+    DamagedEntryWarning,
+    UnhashableArgumentError,
+    UnstorableResultWarning,
+)
+from .hashing import hash
+from .memory import MemorizedFunc, MemorizedResult, Memory, NotMemorizedFunc
+from .parallel import (
+    Parallel,
+    cpu_count,
+    delayed,
+    effective_n_jobs,
+    parallel_backend,
+    parallel_config,
+    register_parallel_backend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheWarning",
+    "DamagedEntryWarning",
+    "MemorizedFunc",
+    "MemorizedResult",
+    "Memory",
+    "NotMemorizedFunc",
+    "Parallel",
+    "UnhashableArgumentError",
+    "UnstorableResultWarning",
+    "__version__",
+    "cpu_count",
+    "delayed",
+    "effective_n_jobs",
+    "hash",
+    "parallel_backend",
+    "parallel_config",
+    "register_parallel_backend",
+]

@@ -1,0 +1,26 @@
+"""Named errors and warnings, so that users can catch and filter them."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheWarning",
+    "DamagedEntryWarning",
+    "UnhashableArgumentError",
+    "UnstorableResultWarning",
+]
+
+
+class CacheWarning(UserWarning):
+    """A cache problem was met; the call still returned the right value."""
+
+
+class DamagedEntryWarning(CacheWarning):
+    """A cache entry failed its checks on load; it was recomputed and replaced."""
+
+
+class UnstorableResultWarning(CacheWarning):
+    """A result could not be stored; it was returned without being cached."""
+
+
+class UnhashableArgumentError(TypeError):
+    """An argument of a cached function cannot be hashed into a cache key."""

@@ -1,0 +1,345 @@
+"""Deterministic digests of Python objects, built for large numpy arrays.
+
+Objects are walked with a protocol-5 pickler into an xxh3-128 hasher.  Arrays do
+not go through the pickle stream: their header (dtype, shape, memory order) does,
+and their bytes are hashed in fixed blocks of ``BLOCK_SIZE`` in a thread pool.
+
+Why xxh3-128 with 4 MiB blocks (measured on the 2-core VM this was written on,
+1 GiB float64): xxh3-128 runs at 33 GB/s on one thread, faster than ``a.sum()``
+(0.055 s); blake3 with its own threads took 0.072 s and md5 over a pickle stream
+(``joblib.hash``) 1.24 s.  With 2 threads, 4 MiB blocks reached 0.027 s; 1 MiB
+blocks lose to per-task overhead, 16 MiB ones give nothing more and hurt the
+pipelining of non-contiguous copies.
+
+Digest reuse: arrays that arraycache loaded read-only from its cache carry the
+digest stored with them (see :func:`remember_digest`), so hashing them is O(1).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import io
+import os
+import pickle
+import threading
+import types
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import xxhash
+
+__all__ = ["BLOCK_SIZE", "array_digest", "block_digests", "hash", "remember_digest"]
+
+#: Arrays are hashed in blocks of this many bytes (of their memory-order bytes).
+BLOCK_SIZE = 4 << 20
+
+_digest = xxhash.xxh3_128_digest
+
+
+# --- array digests ---------------------------------------------------------------------------
+
+
+def _array_order(arr: np.ndarray) -> str:
+    """'F' for an F-contiguous array that is not also C-contiguous, else 'C'."""
+    return "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+
+
+def _array_header(arr: np.ndarray) -> bytes:
+    descr = np.lib.format.dtype_to_descr(arr.dtype)
+    return repr((descr, arr.shape, _array_order(arr))).encode()
+
+
+def _contiguous_pieces(arr: np.ndarray, target: int) -> Iterator[memoryview]:
+    """Yield the bytes of ``arr`` in its memory order, in pieces of about ``target`` bytes.
+
+    Contiguous arrays are sliced without a copy; other arrays are copied one slab of
+    leading-axis rows at a time, so no full copy is ever materialised.
+    """
+    if arr.flags.c_contiguous or arr.flags.f_contiguous:
+        flat = memoryview(arr.reshape(-1, order="A")).cast("B") if arr.size else memoryview(b"")
+        for start in range(0, len(flat), target):
+            yield flat[start : start + target]
+        return
+    row_bytes = arr[0].nbytes if arr.shape[0] else 0
+    if arr.ndim > 1 and row_bytes > target:
+        for row in arr:
+            yield from _contiguous_pieces(row, target)
+        return
+    rows = max(1, target // max(row_bytes, 1))
+    for start in range(0, arr.shape[0], rows):
+        yield memoryview(np.ascontiguousarray(arr[start : start + rows]).reshape(-1)).cast("B")
+
+
+def _blocks(arr: np.ndarray) -> Iterator[memoryview | bytes]:
+    """Yield the memory-order bytes of ``arr`` cut at exact multiples of BLOCK_SIZE."""
+    pending = bytearray()
+    for piece in _contiguous_pieces(arr, BLOCK_SIZE):
+        if not pending and len(piece) == BLOCK_SIZE:
+            yield piece
+            continue
+        pending += piece
+        while len(pending) >= BLOCK_SIZE:
+            yield bytes(pending[:BLOCK_SIZE])
+            del pending[:BLOCK_SIZE]
+    if pending:
+        yield bytes(pending)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            workers = max(1, min(4, os.cpu_count() or 1))
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="arraycache-hash")
+        return _pool
+
+
+def _forget_pool_in_child() -> None:
+    # A thread pool does not survive fork: the child must build its own.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def block_digests(arr: np.ndarray) -> list[bytes]:
+    """Digest each BLOCK_SIZE block of the memory-order bytes of ``arr``.
+
+    Memory order is F for F-contiguous arrays and C for all others, the order in
+    which arraycache stores an array, so the digests of a stored file match.
+    """
+    if arr.nbytes <= 2 * BLOCK_SIZE:
+        return [_digest(block) for block in _blocks(arr)]
+    # A bounded window of blocks in flight: the copying path of non-contiguous
+    # arrays then holds a few blocks in memory, never the whole array.
+    pool = _thread_pool()
+    digests: list[bytes] = []
+    in_flight: collections.deque = collections.deque()
+    for block in _blocks(arr):
+        in_flight.append(pool.submit(_digest, block))
+        if len(in_flight) >= 8:
+            digests.append(in_flight.popleft().result())
+    digests.extend(future.result() for future in in_flight)
+    return digests
+
+
+def combine_digests(arr: np.ndarray, blocks: list[bytes]) -> str:
+    """The digest of ``arr`` from its header and its block digests."""
+    return xxhash.xxh3_128_hexdigest(_array_header(arr) + b"".join(blocks))
+
+
+# --- reuse of stored digests -----------------------------------------------------------------
+
+# id(array) -> (weak reference to the array, digest).  ndarrays are not hashable, so a
+# WeakKeyDictionary cannot hold them; the weakref callback drops the entry instead.
+_known_digests: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def remember_digest(arr: np.ndarray, digest: str) -> None:
+    """Record that read-only ``arr`` has content digest ``digest``.
+
+    Only arrays that cannot be written through are recorded: a writable array may
+    change after it was recorded, so it is always hashed by content.
+    """
+    if arr.flags.writeable:
+        raise ValueError("only read-only arrays may carry a stored digest")
+    key = id(arr)
+
+    def forget(_ref: weakref.ref, key: int = key) -> None:
+        _known_digests.pop(key, None)
+
+    _known_digests[key] = (weakref.ref(arr, forget), digest)
+
+
+def _stored_digest(arr: np.ndarray) -> str | None:
+    """The stored digest of ``arr`` or of the array it is a whole, unchanged view of."""
+    if arr.flags.writeable:
+        return None
+    candidate: Any = arr
+    while candidate is not None:
+        known = _known_digests.get(id(candidate))
+        if known is not None and known[0]() is candidate:
+            if candidate is arr or _same_view(arr, candidate):
+                return known[1]
+            return None
+        candidate = getattr(candidate, "base", None)
+    return None
+
+
+def _same_view(view: np.ndarray, base: np.ndarray) -> bool:
+    return (
+        view.dtype == base.dtype
+        and view.shape == base.shape
+        and view.strides == base.strides
+        and view.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+    )
+
+
+def array_digest(arr: np.ndarray) -> str:
+    """Hex digest of an array's dtype, shape, memory order and values.
+
+    Read-only arrays loaded from the cache (and whole views of them) return their
+    stored digest without reading the data.
+    """
+    if arr.dtype.hasobject:
+        return hash(arr)
+    stored = _stored_digest(arr)
+    if stored is not None:
+        return stored
+    return combine_digests(arr, block_digests(arr))
+
+
+# --- objects ---------------------------------------------------------------------------------
+
+
+class _Mapping(tuple):
+    """Marks a dict's items, sorted, so that insertion order does not change a digest."""
+
+
+class _Set(tuple):
+    """Marks a set's members, sorted, so that iteration order does not change a digest."""
+
+
+def _array_token(digest: str) -> None:
+    """Stands for an array in the pickle stream (never called)."""
+
+
+def _code_token(module: str | None, qualname: str, code_bytes: bytes, consts: tuple) -> None:
+    """Stands for a function that cannot be pickled by reference (never called)."""
+
+
+def _sorted_by_digest(items: list) -> list:
+    try:
+        return sorted(items)
+    except TypeError:
+        return sorted(items, key=hash)
+
+
+def _canonical(obj: Any, active: set[int]) -> Any:
+    """Rewrite builtin containers so equal values pickle to equal bytes."""
+    kind = type(obj)
+    if kind not in (dict, list, tuple, set, frozenset):
+        return obj
+    if id(obj) in active:
+        raise ValueError("cannot hash a container that contains itself")
+    active.add(id(obj))
+    try:
+        if kind is dict:
+            items = [(_canonical(k, active), _canonical(v, active)) for k, v in obj.items()]
+            try:
+                items.sort(key=lambda kv: kv[0])
+            except TypeError:
+                items.sort(key=lambda kv: hash(kv[0]))
+            return _Mapping(items)
+        members = [_canonical(item, active) for item in obj]
+        if kind in (set, frozenset):
+            return _Set(_sorted_by_digest(members))
+        return members if kind is list else tuple(members)
+    finally:
+        active.discard(id(obj))
+
+
+def _code_fingerprint(code: types.CodeType) -> tuple:
+    consts = tuple(
+        _code_fingerprint(c) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return (code.co_code, consts, code.co_names)
+
+
+class _Hasher(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+            return _array_token, (array_digest(obj),)
+        if isinstance(obj, types.FunctionType) and _not_importable(obj):
+            # Lambdas and nested functions: identify by name and code, not by address.
+            return _code_token, (obj.__module__, obj.__qualname__, *_code_fingerprint(obj.__code__))
+        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            return NotImplemented  # by qualified name
+        if isinstance(obj, (np.generic, np.dtype)):
+            return NotImplemented
+        try:
+            reduced = obj.__reduce_ex__(5)
+        except Exception:
+            return NotImplemented  # let pickle raise its own, precise error
+        if isinstance(reduced, str) or len(reduced) < 3 or reduced[2] is None:
+            return NotImplemented
+        # Canonicalise the object's state (a dict of attributes, most often).
+        state = _canonical(reduced[2], set())
+        return (reduced[0], reduced[1], state, *reduced[3:])
+
+
+@functools.lru_cache(maxsize=1024)
+def _lookup(module: str, qualname: str) -> Any:
+    obj: Any = __import__(module, fromlist=["_"])
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _not_importable(func: types.FunctionType) -> bool:
+    if "<" in func.__qualname__ or func.__module__ in (None, "__main__"):
+        return True
+    try:
+        return _lookup(func.__module__, func.__qualname__) is not func
+    except Exception:
+        return True
+
+
+class _DigestWriter(io.RawIOBase):
+    """A write-only stream that feeds an xxh3-128 hasher."""
+
+    def __init__(self) -> None:
+        self.hasher = xxhash.xxh3_128()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.hasher.update(data)
+        return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+
+
+def hash(obj: Any, hash_name: str | None = None, coerce_mmap: bool = True) -> str:  # noqa: A001
+    """Return a deterministic hex digest of ``obj``.
+
+    Equal values give equal digests in any process and on any run; a different
+    value, dtype, shape or memory order gives a different one.  Dict and set order
+    do not matter.  ``np.memmap`` and ``ndarray`` with the same content hash the same.
+
+    Parameters
+    ----------
+    obj : object
+        Nested containers, numpy arrays and scalars, pandas objects, or any
+        picklable object.
+    hash_name, coerce_mmap :
+        Accepted for compatibility with ``joblib.hash``; the digest is always
+        xxh3-128 and memmaps are always hashed like the arrays they hold.
+
+    Returns
+    -------
+    str
+        32 hexadecimal characters.
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` holds something that cannot be pickled (a lock, a generator,
+        an open file...).
+    """
+    if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+        return array_digest(obj)
+    sink = _DigestWriter()
+    try:
+        _Hasher(sink, protocol=5).dump(_canonical(obj, set()))
+    except pickle.PicklingError as exc:
+        raise TypeError(f"cannot hash {type(obj).__qualname__!r} object: {exc}") from None
+    return sink.hasher.hexdigest()

@@ -248,9 +248,10 @@ def _canonical(obj: Any, active: set[int]) -> Any:
         active.discard(id(obj))
 
 
-def _code_fingerprint(code: types.CodeType) -> tuple:
+def code_fingerprint(code: types.CodeType) -> tuple:
+    """What a function does, independent of its file name and line numbers."""
     consts = tuple(
-        _code_fingerprint(c) if isinstance(c, types.CodeType) else c for c in code.co_consts
+        code_fingerprint(c) if isinstance(c, types.CodeType) else c for c in code.co_consts
     )
     return (code.co_code, consts, code.co_names)
 
@@ -261,7 +262,7 @@ class _Hasher(pickle.Pickler):
             return _array_token, (array_digest(obj),)
         if isinstance(obj, types.FunctionType) and _not_importable(obj):
             # Lambdas and nested functions: identify by name and code, not by address.
-            return _code_token, (obj.__module__, obj.__qualname__, *_code_fingerprint(obj.__code__))
+            return _code_token, (obj.__module__, obj.__qualname__, *code_fingerprint(obj.__code__))
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
             return NotImplemented  # by qualified name
         if isinstance(obj, (np.generic, np.dtype)):
@@ -308,7 +309,7 @@ class _DigestWriter(io.RawIOBase):
         return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
 
 
-def hash(obj: Any, hash_name: str | None = None, coerce_mmap: bool = True) -> str:  # noqa: A001
+def hash(obj: Any, hash_name: str | None = None, coerce_mmap: bool = True) -> str:
     """Return a deterministic hex digest of ``obj``.
 
     Equal values give equal digests in any process and on any run; a different

@@ -1,0 +1,668 @@
+"""Memory: joblib's disk cache of function results, built on zarr entries.
+
+Data flows one way: call -> ``funcinfo`` (bind, identity) -> ``hashing`` (key) ->
+``store`` (lookup) -> ``persistence`` (load, or compute and dump) -> ``store``
+(publish).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import persistence
+from .codecs import Compression, parse_compress
+from .exceptions import (
+    CacheWarning,
+    DamagedEntryWarning,
+    UnhashableArgumentError,
+    UnstorableResultWarning,
+)
+from .funcinfo import FunctionInfo
+from .hashing import hash as hash_obj
+from .store import LocalStore
+
+__all__ = ["MemorizedFunc", "MemorizedResult", "Memory", "NotMemorizedFunc", "expires_after"]
+
+_MMAP_MODES = (None, "r", "r+", "w+", "c")
+_MISS = object()
+_LOCK_POLL_MAX = 0.5
+
+
+def _check_mmap_mode(mmap_mode: Any) -> None:
+    if mmap_mode not in _MMAP_MODES:
+        raise ValueError(f"mmap_mode must be one of {_MMAP_MODES}, not {mmap_mode!r}")
+
+
+def _short_repr(value: Any, limit: int = 120) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array(shape={value.shape}, dtype={value.dtype})"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _format_call(name: str, arguments: dict[str, Any]) -> str:
+    return f"{name}({', '.join(f'{k}={_short_repr(v)}' for k, v in arguments.items())})"
+
+
+def _format_duration(seconds: float) -> str:
+    return f"{seconds:.1f}s, {seconds / 60:.1f}min"
+
+
+class MemorizedResult:
+    """A reference to a stored result, as returned by ``call_and_shelve``.
+
+    Pickles cheaply, so it can be passed to other processes and loaded there.
+    """
+
+    def __init__(self, location: str, entry: Path, func_name: str,
+                 mmap_mode: str | None = None, verbose: int = 0) -> None:
+        self.location = location
+        self.entry = Path(entry)
+        self.func_name = func_name
+        self.mmap_mode = mmap_mode
+        self.verbose = verbose
+
+    @property
+    def args_id(self) -> str:
+        """The entry key (joblib's name for it)."""
+        return self.entry.name
+
+    def get(self) -> Any:
+        """Load the stored result.
+
+        Raises
+        ------
+        KeyError
+            If the entry was cleared or is damaged.
+        """
+        store = LocalStore(self.location)
+        try:
+            meta = store.read_meta(self.entry)
+            if meta is None:
+                raise persistence.EntryDamaged("the entry does not exist")
+            return persistence.load(self.entry, meta, self.mmap_mode)
+        except (persistence.EntryDamaged, ValueError, KeyError) as exc:
+            raise KeyError(
+                f"no stored result of {self.func_name} in {self.entry}: {exc}"
+            ) from None
+
+    def clear(self) -> None:
+        """Delete the stored result."""
+        LocalStore(self.location).delete(self.entry)
+
+    def __repr__(self) -> str:
+        return f"MemorizedResult(location={self.location!r}, func={self.func_name!r}, " \
+               f"args_id={self.args_id!r})"
+
+
+class NotMemorizedResult:
+    """The result of ``call_and_shelve`` when caching is off: holds the value itself."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.valid = True
+
+    def get(self) -> Any:
+        """Return the value (KeyError once cleared)."""
+        if not self.valid:
+            raise KeyError("no value: the result was cleared")
+        return self.value
+
+    def clear(self) -> None:
+        """Forget the value."""
+        self.valid = False
+        self.value = None
+
+    def __repr__(self) -> str:
+        return f"NotMemorizedResult({self.value!r})" if self.valid else "NotMemorizedResult()"
+
+
+class NotMemorizedFunc:
+    """The function itself, with the memorized-function surface: no caching."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def call(self, *args: Any, **kwargs: Any) -> tuple[Any, dict]:
+        """Run the function; return ``(output, {})``."""
+        return self.func(*args, **kwargs), {}
+
+    def call_and_shelve(self, *args: Any, **kwargs: Any) -> NotMemorizedResult:
+        """Run the function; return its value wrapped like a stored result."""
+        return NotMemorizedResult(self.func(*args, **kwargs))
+
+    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+        """Always False: nothing is cached."""
+        return False
+
+    def clear(self, warn: bool = True) -> None:
+        """Nothing to clear."""
+
+    def __repr__(self) -> str:
+        return f"NotMemorizedFunc(func={self.func!r})"
+
+
+class MemorizedFunc:
+    """A function whose results are cached on disk; made by :meth:`Memory.cache`.
+
+    Calling it returns the cached result for these arguments, or computes, stores
+    and returns it.  A cache problem (damaged entry, full disk, read-only folder)
+    warns and computes: the call always returns the function's value.
+    """
+
+    def __init__(
+        self,
+        func: Callable,
+        location: str,
+        ignore: Iterable[str] | None = None,
+        mmap_mode: str | None = None,
+        compress: Any = False,
+        verbose: int = 1,
+        cache_validation_callback: Callable[[dict], bool] | None = None,
+        lock_timeout: float | None = 600.0,
+    ) -> None:
+        _check_mmap_mode(mmap_mode)
+        self.func = func
+        self.location = location
+        self.ignore = list(ignore or ())
+        self.mmap_mode = mmap_mode
+        self.compress = compress
+        self.compression: Compression | None = parse_compress(compress)
+        self.verbose = verbose
+        self.cache_validation_callback = cache_validation_callback
+        self.lock_timeout = lock_timeout
+        self.info = FunctionInfo(func, self.ignore)
+        self._store: LocalStore | None = None
+        self._code_recorded = False
+        self._warned_compressed_mmap = False
+        functools.update_wrapper(self, func)
+
+    def __reduce__(self) -> tuple:
+        return (
+            MemorizedFunc,
+            (self.func, self.location, self.ignore, self.mmap_mode, self.compress,
+             self.verbose, self.cache_validation_callback, self.lock_timeout),
+        )
+
+    def __repr__(self) -> str:
+        return f"MemorizedFunc(func={self.info.name}, location={self.location!r})"
+
+    @property
+    def func_id(self) -> str:
+        """``module/qualname`` of the function's folder."""
+        return "/".join(self.info.folder)
+
+    # --- the pieces of a call --------------------------------------------------------------
+
+    @property
+    def store(self) -> LocalStore | None:
+        """The store, or None when the location cannot be used (warned once)."""
+        if self._store is None:
+            try:
+                self._store = LocalStore(self.location)
+            except OSError as exc:
+                warnings.warn(
+                    f"cannot use cache location {self.location!r} ({exc}); "
+                    f"{self.info.name} runs without caching",
+                    CacheWarning, stacklevel=4,
+                )
+                return None
+        return self._store
+
+    def _key(self, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any]]:
+        arguments = self.info.bind(args, kwargs)
+        try:
+            return hash_obj((self.info.code_digest, arguments)), arguments
+        except (TypeError, ValueError) as exc:
+            for name, value in arguments.items():
+                try:
+                    hash_obj(value)
+                except (TypeError, ValueError) as arg_exc:
+                    raise UnhashableArgumentError(
+                        f"argument {name!r} of {self.info.name}() cannot be hashed into a "
+                        f"cache key: {arg_exc}. Pass it in `ignore=` if it does not change "
+                        f"the result."
+                    ) from None
+            raise UnhashableArgumentError(f"cannot hash the arguments: {exc}") from None
+
+    def _entry(self, args: tuple, kwargs: dict) -> tuple[Path | None, dict[str, Any]]:
+        key, arguments = self._key(args, kwargs)
+        store = self.store
+        if store is None:
+            return None, arguments
+        return store.entry_dir(self.info.folder, key), arguments
+
+    def _load(self, entry: Path) -> tuple[Any, dict | None, bool]:
+        """Return (result or _MISS, metadata, damaged)."""
+        store = self.store
+        try:
+            meta = store.read_meta(entry)
+        except (ValueError, KeyError, OSError) as exc:
+            self._warn_damaged(entry, exc)
+            return _MISS, None, True
+        if meta is None:
+            return _MISS, None, False
+        if self.cache_validation_callback is not None and not self.cache_validation_callback(
+            self._metadata(meta)
+        ):
+            return _MISS, meta, True
+        mmap_mode = self.mmap_mode
+        if mmap_mode is not None and any(a["codec"] for a in meta["arrays"].values()):
+            self._warn_compressed_mmap()
+            mmap_mode = None
+        t0 = time.perf_counter()
+        try:
+            result = persistence.load(entry, meta, mmap_mode)
+        except persistence.EntryDamaged as exc:
+            self._warn_damaged(entry, exc)
+            return _MISS, meta, True
+        store.touch(entry)
+        if self.verbose > 4:
+            print(f"[Memory]{_format_duration(time.perf_counter() - t0)}   : "
+                  f"Loading {self.info.qualname} from {entry}")
+        return result, meta, False
+
+    def _warn_damaged(self, entry: Path, exc: BaseException) -> None:
+        warnings.warn(
+            f"cache entry {entry} of {self.info.name} is damaged ({exc}); recomputing",
+            DamagedEntryWarning, stacklevel=5,
+        )
+
+    def _warn_compressed_mmap(self) -> None:
+        if not self._warned_compressed_mmap:
+            self._warned_compressed_mmap = True
+            warnings.warn(
+                f"{self.info.name}: compressed results cannot be memory-mapped; "
+                f"mmap_mode={self.mmap_mode!r} loads them into memory",
+                UserWarning, stacklevel=5,
+            )
+
+    @staticmethod
+    def _metadata(meta: dict) -> dict:
+        return {"duration": meta.get("duration"), "time": meta.get("created"),
+                "input_args": meta.get("args", {})}
+
+    def _wait_for_other_writer(self, entry: Path) -> Any:
+        """Take the compute lock, or wait for the holder's result.
+
+        Returns (lock or None, result or _MISS).
+        """
+        store = self.store
+        if self.lock_timeout is None:
+            return None, _MISS
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.01
+        while True:
+            lock = store.try_lock(entry, stale_after=self.lock_timeout)
+            if lock is not None:
+                return lock, _MISS
+            if time.monotonic() > deadline:
+                return None, _MISS  # give up waiting: compute ourselves
+            time.sleep(pause)
+            pause = min(pause * 2, _LOCK_POLL_MAX)
+            result, _, _ = self._load(entry)
+            if result is not _MISS:
+                return None, result
+
+    def _compute_and_store(
+        self, entry: Path | None, arguments: dict, args: tuple, kwargs: dict, replace: bool
+    ) -> tuple[Any, dict]:
+        if self.verbose > 0:
+            print("_" * 80)
+            print(f"[Memory] Calling {self.info.name}...")
+            print(_format_call(self.info.qualname, arguments))
+        start = time.time()
+        t0 = time.perf_counter()
+        output = self.func(*args, **kwargs)
+        duration = time.perf_counter() - t0
+        if self.verbose > 0:
+            tail = f"{self.info.qualname} - {_format_duration(duration)}"
+            print(tail.rjust(80, "_"))
+        metadata = {"duration": duration, "time": start,
+                    "input_args": {k: _short_repr(v) for k, v in arguments.items()}}
+        if entry is None:
+            return output, metadata
+        store = self.store
+        tmp = None
+        try:
+            store.record_code(self.info.folder, self.info.name, self.info.code_digest)
+            tmp = store.new_entry(entry)
+            meta = persistence.dump(output, tmp, self.compression)
+            meta.update(function=self.info.name, code=self.info.code_digest,
+                        args=metadata["input_args"], created=start, duration=duration)
+            store.publish(tmp, entry, meta, replace=replace)
+        except BaseException as exc:
+            if tmp is not None:
+                store.discard(tmp)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt: nothing half-written stays behind
+            warnings.warn(
+                f"the result of {self.info.name} could not be cached "
+                f"({type(exc).__name__}: {exc}); it is returned without caching",
+                UnstorableResultWarning, stacklevel=4,
+            )
+            return output, metadata
+        if self.mmap_mode is not None:
+            # Like joblib: the first call returns what later hits return (memmaps).
+            stored, _, _ = self._load(entry)
+            if stored is not _MISS:
+                output = stored
+        return output, metadata
+
+    def _cached_call(self, args: tuple, kwargs: dict, force: bool = False) -> tuple[Any, dict]:
+        entry, arguments = self._entry(args, kwargs)
+        if entry is None:
+            return self._compute_and_store(None, arguments, args, kwargs, False)
+        damaged = force
+        if not force:
+            result, meta, damaged = self._load(entry)
+            if result is not _MISS:
+                return result, self._metadata(meta)
+        lock, result = (None, _MISS) if force else self._wait_for_other_writer(entry)
+        if result is not _MISS:
+            return result, {}
+        try:
+            if lock is not None and not damaged:
+                # Another process may have published while we waited for the lock.
+                result, meta, damaged = self._load(entry)
+                if result is not _MISS:
+                    return result, self._metadata(meta)
+            return self._compute_and_store(entry, arguments, args, kwargs, replace=damaged)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    # --- public surface --------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._cached_call(args, kwargs)[0]
+
+    def call(self, *args: Any, **kwargs: Any) -> tuple[Any, dict]:
+        """Run the function even if cached, store the result and return it.
+
+        Returns
+        -------
+        output : object
+            The function's return value.
+        metadata : dict
+            ``duration`` (seconds), ``time`` (start, seconds since the epoch) and
+            ``input_args`` (short reprs).
+        """
+        return self._cached_call(args, kwargs, force=True)
+
+    def call_and_shelve(self, *args: Any, **kwargs: Any) -> MemorizedResult | NotMemorizedResult:
+        """Compute the result if needed and return a reference to it, not the value.
+
+        Returns
+        -------
+        MemorizedResult
+            Call ``.get()`` to load the value and ``.clear()`` to delete it.
+        """
+        entry, _ = self._entry(args, kwargs)
+        if entry is None:
+            return NotMemorizedResult(self.func(*args, **kwargs))
+        if not self._in_cache(entry):
+            self._cached_call(args, kwargs)
+        if not self._in_cache(entry):  # could not be stored: keep the value itself
+            return NotMemorizedResult(self.func(*args, **kwargs))
+        return MemorizedResult(self.location, entry, self.info.name, self.mmap_mode,
+                               self.verbose)
+
+    def _in_cache(self, entry: Path) -> bool:
+        try:
+            meta = self.store.read_meta(entry)
+        except (ValueError, KeyError, OSError):
+            return False
+        if meta is None:
+            return False
+        return self.cache_validation_callback is None or bool(
+            self.cache_validation_callback(self._metadata(meta))
+        )
+
+    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether the result of this call is in the cache (the function is not run)."""
+        entry, _ = self._entry(args, kwargs)
+        return entry is not None and self._in_cache(entry)
+
+    def clear(self, warn: bool = True) -> None:
+        """Delete every cached result of this function."""
+        store = self.store
+        if store is None:
+            return
+        if warn and self.verbose > 0:
+            print(f"[Memory] Clearing function cache of {self.info.name}")
+        store.clear(self.info.folder)
+
+
+class Memory:
+    """A context object for caching a function's return value on disk.
+
+    Drop-in for ``joblib.Memory``: decorate with :meth:`cache`; results go into
+    one zarr v3 group per call under ``location``.
+
+    Parameters
+    ----------
+    location : str, path-like or None
+        The cache folder.  None turns caching off: decorated functions just run.
+    backend : {'local'}
+        Where entries live; only the local file system for now.
+    mmap_mode : {None, 'r', 'r+', 'w+', 'c'}
+        With 'r' (read-only) or 'c' (copy-on-write, the cache is never changed),
+        cached arrays come back as ``np.memmap`` over the stored files: a hit costs
+        the same at 1 KB and at 10 GB.  None loads them into memory.
+    compress : bool, int, str or (str, int)
+        False stores raw bytes (memory-mappable); True or a level 1-9 uses
+        Blosc+Zstd with byte shuffle; ``(name, level)`` picks zstd, lz4, lz4hc,
+        blosclz, zlib or gzip.
+    verbose : int
+        0 is silent; 1 prints a line per computed call, as joblib does.
+    bytes_limit : int or str, optional
+        Default size limit of :meth:`reduce_size`, e.g. ``"10G"``.
+    backend_options : dict, optional
+        Accepted for joblib compatibility; unused by the local backend.
+    lock_timeout : float or None
+        While one process computes an entry, others that miss it wait up to this
+        many seconds for its result instead of computing it again (a lock whose
+        holder died is taken over at once).  None: never wait, always compute.
+    """
+
+    def __init__(
+        self,
+        location: str | os.PathLike | None = None,
+        backend: str = "local",
+        mmap_mode: str | None = None,
+        compress: Any = False,
+        verbose: int = 1,
+        bytes_limit: int | str | None = None,
+        backend_options: dict | None = None,
+        lock_timeout: float | None = 600.0,
+    ) -> None:
+        if backend != "local":
+            raise ValueError(f"unknown backend {backend!r}; only 'local' is available")
+        _check_mmap_mode(mmap_mode)
+        parse_compress(compress)  # fail early on a bad value
+        if location is not None and not isinstance(location, (str, os.PathLike)):
+            raise TypeError(f"location must be a path or None, not {type(location).__name__}")
+        self.location = None if location is None else os.fspath(location)
+        self.backend = backend
+        self.mmap_mode = mmap_mode
+        self.compress = compress
+        self.verbose = verbose
+        self.bytes_limit = bytes_limit
+        self.backend_options = backend_options or {}
+        self.lock_timeout = lock_timeout
+
+    def __repr__(self) -> str:
+        return f"Memory(location={self.location!r})"
+
+    def __reduce__(self) -> tuple:
+        return (Memory, (self.location, self.backend, self.mmap_mode, self.compress,
+                         self.verbose, self.bytes_limit, self.backend_options, self.lock_timeout))
+
+    def cache(
+        self,
+        func: Callable | None = None,
+        ignore: Iterable[str] | None = None,
+        verbose: int | None = None,
+        mmap_mode: str | bool | None = False,
+        cache_validation_callback: Callable[[dict], bool] | None = None,
+    ) -> Any:
+        """Decorate ``func`` so that its results are cached.
+
+        Usable as ``@memory.cache`` or ``@memory.cache(ignore=[...])``.
+
+        Parameters
+        ----------
+        func : callable
+            The function to cache.
+        ignore : list of str, optional
+            Arguments that do not change the result (e.g. ``verbose``).
+        verbose : int, optional
+            Overrides the Memory's verbosity for this function.
+        mmap_mode : {None, 'r', 'r+', 'w+', 'c'} or False
+            Overrides the Memory's mmap_mode for this function (False: keep it).
+        cache_validation_callback : callable, optional
+            Called with the entry's metadata (``duration``, ``time``) on a hit; a
+            false return makes the hit a miss.  See :func:`expires_after`.
+
+        Returns
+        -------
+        MemorizedFunc or NotMemorizedFunc
+        """
+        if func is None:
+            return functools.partial(
+                self.cache, ignore=ignore, verbose=verbose, mmap_mode=mmap_mode,
+                cache_validation_callback=cache_validation_callback,
+            )
+        if cache_validation_callback is not None and not callable(cache_validation_callback):
+            raise TypeError("cache_validation_callback must be callable")
+        if isinstance(func, (MemorizedFunc, NotMemorizedFunc)):
+            func = func.func
+        if self.location is None:
+            return NotMemorizedFunc(func)
+        return MemorizedFunc(
+            func, self.location, ignore=ignore,
+            mmap_mode=self.mmap_mode if mmap_mode is False else mmap_mode,
+            compress=self.compress,
+            verbose=self.verbose if verbose is None else verbose,
+            cache_validation_callback=cache_validation_callback,
+            lock_timeout=self.lock_timeout,
+        )
+
+    def eval(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Call ``func(*args, **kwargs)`` through the cache."""
+        if self.location is None:
+            return func(*args, **kwargs)
+        return self.cache(func)(*args, **kwargs)
+
+    def _store(self) -> LocalStore | None:
+        if self.location is None:
+            return None
+        return LocalStore(self.location)
+
+    def clear(self, warn: bool = True) -> None:
+        """Delete everything in the cache location."""
+        if warn and self.verbose > 0:
+            print(f"[Memory] Flushing completely the cache {self.location}")
+        store = self._store()
+        if store is not None:
+            store.clear()
+
+    def reduce_size(
+        self,
+        bytes_limit: int | str | None = None,
+        items_limit: int | None = None,
+        age_limit: datetime.timedelta | None = None,
+    ) -> None:
+        """Evict entries until the cache fits the limits.
+
+        Entries of an older version of their function go first, then the least
+        recently used.  Temporary folders of dead writers are removed too.
+
+        Parameters
+        ----------
+        bytes_limit : int or str, optional
+            Largest total size, in bytes or as ``"10M"``, ``"2G"``...; defaults to
+            the Memory's ``bytes_limit``.
+        items_limit : int, optional
+            Largest number of entries.
+        age_limit : datetime.timedelta, optional
+            Entries not accessed for longer are removed.
+        """
+        store = self._store()
+        if store is None:
+            return
+        store.remove_temporaries()
+        bytes_limit = _parse_bytes(self.bytes_limit if bytes_limit is None else bytes_limit)
+        entries = list(store.entries())
+        latest = _latest_code_digests(store)
+        now = time.time()
+        # Eviction order: stale code first, then oldest access first.
+        entries.sort(key=lambda e: (e.code_digest == latest.get(e.path.parent), e.last_access))
+        total = sum(e.nbytes for e in entries)
+        count = len(entries)
+        for e in entries:
+            too_big = bytes_limit is not None and total > bytes_limit
+            too_many = items_limit is not None and count > items_limit
+            too_old = age_limit is not None and now - e.last_access > age_limit.total_seconds()
+            if too_big or too_many or too_old:
+                store.delete(e.path)
+                total -= e.nbytes
+                count -= 1
+
+
+def _latest_code_digests(store: LocalStore) -> dict[Path, str]:
+
+    latest = {}
+    for code_file in store.root.rglob("code.json"):
+        try:
+            digests = json.loads(code_file.read_text())["digests"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if digests:
+            latest[code_file.parent] = max(digests, key=digests.get)
+    return latest
+
+
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _parse_bytes(limit: int | str | None) -> int | None:
+    if limit is None or isinstance(limit, int):
+        return limit
+    text = str(limit).strip().upper().rstrip("B")
+    try:
+        if text and text[-1] in _UNITS:
+            return int(float(text[:-1]) * _UNITS[text[-1]])
+        return int(text)
+    except ValueError:
+        raise ValueError(f"cannot read {limit!r} as a size in bytes (e.g. '10M', '2G')") from None
+
+
+def expires_after(
+    days: float = 0, seconds: float = 0, microseconds: float = 0, milliseconds: float = 0,
+    minutes: float = 0, hours: float = 0, weeks: float = 0,
+) -> Callable[[dict], bool]:
+    """A ``cache_validation_callback`` that invalidates entries older than the delay."""
+    delay = datetime.timedelta(days=days, seconds=seconds, microseconds=microseconds,
+                               milliseconds=milliseconds, minutes=minutes, hours=hours,
+                               weeks=weeks).total_seconds()
+
+    def cache_validation_callback(metadata: dict) -> bool:
+        return time.time() - (metadata.get("time") or 0) < delay
+
+    return cache_validation_callback

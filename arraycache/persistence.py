@@ -1,0 +1,447 @@
+"""Dump and load one result: zarr v3 arrays for its ndarrays plus a small skeleton.
+
+An entry folder is a zarr group.  Each ndarray of the result becomes a zarr array
+``a0``, ``a1``...  The rest of the result (the *skeleton*) is stored as:
+
+- ``"array"``: the result is one array, nothing else to store;
+- ``"json"``: plain containers, numbers, strings and numpy scalars, written as
+  tagged JSON into the group attributes, so loading it never unpickles;
+- ``"pickle"``: anything else, pickled with each array replaced by a persistent
+  reference, and the pickle bytes kept as the uint8 zarr array ``skeleton`` (so
+  the entry holds nothing but zarr nodes and ``zarr.open_group`` lists it cleanly).
+
+Uncompressed arrays are one zarr chunk covering the whole array, written by us in
+the array's memory order (a transpose codec records F order), so the chunk file
+holds exactly the array's bytes from offset 0 and maps as an ``np.memmap``.
+Compressed arrays are chunked along their leading memory axis and encoded in
+threads.  Reads go straight to the chunk files: zarr is the format and the interop,
+not the hot path (``zarr.open_array`` alone costs ~0.4 ms).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BytesCodec, TransposeCodec
+from zarr.storage import LocalStore
+
+from .codecs import Compression
+from .hashing import block_digests, combine_digests, remember_digest
+
+__all__ = ["EntryDamaged", "dump", "load", "verify"]
+
+#: Arrays smaller than this, inside a pickled skeleton, stay in the pickle: a fitted
+#: estimator holds dozens of tiny arrays that are not worth a file each.
+PICKLE_INLINE_NBYTES = 1024
+
+_COMPRESSED_CHUNK_BYTES = 4 << 20
+_WRITE_PIECE_BYTES = 16 << 20
+_SKELETON = "skeleton"
+
+
+class EntryDamaged(Exception):
+    """An entry's files do not match its metadata (missing, truncated, altered)."""
+
+
+# --- dtypes in JSON --------------------------------------------------------------------------
+
+
+def _dtype_to_json(dtype: np.dtype) -> Any:
+    return np.lib.format.dtype_to_descr(dtype)
+
+
+def _dtype_from_json(descr: Any) -> np.dtype:
+    """Inverse of :func:`_dtype_to_json` (JSON turned the descr's tuples into lists)."""
+    if isinstance(descr, str):
+        return np.dtype(descr)
+
+    def field(spec: list) -> tuple:
+        name, sub, *shape = spec
+        name = tuple(name) if isinstance(name, list) else name
+        sub = sub if isinstance(sub, str) else [field(f) for f in sub]
+        return (name, sub, tuple(shape[0])) if shape else (name, sub)
+
+    return np.lib.format.descr_to_dtype([field(f) for f in descr])
+
+
+# --- one array -------------------------------------------------------------------------------
+
+
+def _storage_view(arr: np.ndarray) -> tuple[np.ndarray, str]:
+    """The array as a C-ordered view (or copy source) in its storage order, and that order.
+
+    F-contiguous arrays are stored as their transpose, so their bytes are written as
+    they are in memory; everything else is stored in C order.
+    """
+    if arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous:
+        return arr.T, "F"
+    return arr, "C"
+
+
+def _chunk_path(array_dir: Path, chunk_index: tuple[int, ...]) -> Path:
+    if not chunk_index:
+        return array_dir / "c"
+    return array_dir.joinpath("c", *map(str, chunk_index))
+
+
+def _create_zarr_metadata(
+    entry_dir: Path, name: str, arr: np.ndarray, order: str, chunks: tuple[int, ...],
+    compression: Compression | None,
+) -> None:
+    """Write the array's ``zarr.json`` through zarr itself, so it is valid zarr v3."""
+    filters = [TransposeCodec(order=tuple(reversed(range(arr.ndim))))] if order == "F" else None
+    endian = "big" if arr.dtype.byteorder == ">" else "little"
+    compressors = [compression.zarr_codec(arr.dtype.itemsize)] if compression else None
+    kwargs: dict[str, Any] = dict(
+        shape=arr.shape, chunks=tuple(max(1, c) for c in chunks), filters=filters,
+        compressors=compressors, fill_value=None,
+        config={"write_empty_chunks": True}, overwrite=True,
+    )
+    with warnings.catch_warnings():
+        # zarr flags fixed-length strings and structured dtypes as "unstable" in v3.
+        warnings.simplefilter("ignore")
+        try:
+            zarr.create_array(
+                LocalStore(entry_dir), name=name, dtype=arr.dtype,
+                serializer=BytesCodec(endian=endian), **kwargs,
+            )
+        except Exception:
+            # A dtype zarr cannot describe (e.g. nested structured fields): store the
+            # items as raw bytes of the same size; our own metadata keeps the dtype.
+            zarr.create_array(
+                LocalStore(entry_dir), name=name, dtype=np.dtype(f"V{arr.dtype.itemsize}"),
+                **kwargs,
+            )
+
+
+def _write_file(path: Path, pieces: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for piece in pieces:
+            f.write(piece)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _raw_pieces(view: np.ndarray) -> Any:
+    """The bytes of a C-order view, in pieces, copying at most one piece at a time."""
+    if view.flags.c_contiguous:
+        flat = memoryview(view.reshape(-1)).cast("B") if view.size else memoryview(b"")
+        for start in range(0, len(flat), _WRITE_PIECE_BYTES):
+            yield flat[start : start + _WRITE_PIECE_BYTES]
+        return
+    if view.ndim == 0:
+        yield view.tobytes()
+        return
+    rows = max(1, _WRITE_PIECE_BYTES // max(1, view[0].nbytes))
+    for start in range(0, view.shape[0], rows):
+        yield np.ascontiguousarray(view[start : start + rows]).tobytes()
+
+
+_codec_pool: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _codec_pool
+    if _codec_pool is None:
+        _codec_pool = ThreadPoolExecutor(
+            max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="arraycache-codec"
+        )
+    return _codec_pool
+
+
+def _forget_pool_in_child() -> None:
+    global _codec_pool
+    _codec_pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def _slab_rows(view: np.ndarray) -> int:
+    row_bytes = view[0].nbytes if view.ndim and view.shape[0] else view.nbytes
+    return max(1, _COMPRESSED_CHUNK_BYTES // max(1, row_bytes))
+
+
+def write_array(
+    entry_dir: Path, name: str, arr: np.ndarray, compression: Compression | None
+) -> dict[str, Any]:
+    """Store ``arr`` as zarr array ``name`` of the entry; return its metadata."""
+    view, order = _storage_view(arr)
+    blocks = block_digests(arr)
+    spec: dict[str, Any] = {
+        "dtype": _dtype_to_json(arr.dtype), "shape": list(arr.shape), "order": order,
+        "digest": combine_digests(arr, blocks), "blocks": [b.hex() for b in blocks],
+        "nbytes": arr.nbytes, "codec": None,
+    }
+    array_dir = entry_dir / name
+    if compression is None or arr.ndim == 0:
+        chunks = arr.shape
+        _create_zarr_metadata(entry_dir, name, arr, order, chunks, None)
+        if arr.size:
+            _write_file(_chunk_path(array_dir, (0,) * arr.ndim), _raw_pieces(view))
+        return spec
+
+    rows = _slab_rows(view)
+    storage_chunks = (rows, *view.shape[1:])
+    chunks = tuple(reversed(storage_chunks)) if order == "F" else storage_chunks
+    _create_zarr_metadata(entry_dir, name, arr, order, chunks, compression)
+    codec = compression.numcodecs_codec(arr.dtype.itemsize)
+
+    def encode_and_write(k: int) -> int:
+        slab = np.ascontiguousarray(view[k * rows : (k + 1) * rows])
+        if slab.shape[0] < rows:  # zarr's edge chunks are full size, padded
+            padded = np.zeros((rows, *view.shape[1:]), dtype=arr.dtype)
+            padded[: slab.shape[0]] = slab
+            slab = padded
+        index = (k,) + (0,) * (arr.ndim - 1)
+        encoded = codec.encode(slab)
+        _write_file(_chunk_path(array_dir, index[::-1] if order == "F" else index), [encoded])
+        return len(encoded)
+
+    n_chunks = -(-view.shape[0] // rows) if arr.size else 0
+    spec["stored_nbytes"] = sum(_pool().map(encode_and_write, range(n_chunks)))
+    spec["codec"] = {"name": compression.name, "level": compression.level, "rows": rows}
+    return spec
+
+
+def _read_compressed(array_dir: Path, spec: dict, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    order = spec["order"]
+    out = np.empty(shape, dtype=dtype, order=order)
+    view = out.T if order == "F" else out
+    rows = spec["codec"]["rows"]
+    codec = Compression(spec["codec"]["name"], spec["codec"]["level"]).numcodecs_codec(
+        dtype.itemsize
+    )
+
+    def read_and_decode(k: int) -> None:
+        index = (k,) + (0,) * (len(shape) - 1)
+        path = _chunk_path(array_dir, index[::-1] if order == "F" else index)
+        decoded = codec.decode(path.read_bytes())
+        target = view[k * rows : (k + 1) * rows]
+        target[...] = np.frombuffer(decoded, dtype=dtype)[: target.size].reshape(target.shape)
+
+    n_chunks = -(-view.shape[0] // rows) if out.size else 0
+    list(_pool().map(read_and_decode, range(n_chunks)))
+    return out
+
+
+def _check_digests(arr: np.ndarray, spec: dict, name: str) -> None:
+    if [b.hex() for b in block_digests(arr)] != spec["blocks"]:
+        raise EntryDamaged(f"array {name!r} does not match its stored digests")
+
+
+def read_array(
+    entry_dir: Path, name: str, spec: dict[str, Any], mmap_mode: str | None
+) -> np.ndarray:
+    """Load array ``name`` of an entry: mapped with ``mmap_mode``, else read and verified.
+
+    Raises
+    ------
+    EntryDamaged
+        If a file is missing, has the wrong size, or (when read) the wrong content.
+    """
+    dtype = _dtype_from_json(spec["dtype"])
+    shape = tuple(spec["shape"])
+    order = spec["order"]
+    array_dir = entry_dir / name
+    if spec["codec"] is not None:
+        try:
+            arr = _read_compressed(array_dir, spec, dtype, shape)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise EntryDamaged(f"array {name!r} cannot be decoded: {exc}") from exc
+        _check_digests(arr, spec, name)
+        return arr
+    if spec["nbytes"] == 0:
+        return np.empty(shape, dtype=dtype, order=order)
+    path = _chunk_path(array_dir, (0,) * len(shape))
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise EntryDamaged(f"array {name!r} has no data file: {exc}") from exc
+    if size != spec["nbytes"]:
+        raise EntryDamaged(f"array {name!r} holds {size} bytes, expected {spec['nbytes']}")
+    if mmap_mode is not None:
+        arr = np.memmap(path, dtype=dtype, mode=mmap_mode, shape=shape, order=order)
+        if mmap_mode == "r":
+            remember_digest(arr, spec["digest"])
+        return arr
+    arr = np.empty(shape, dtype=dtype, order=order)
+    with open(path, "rb") as f:
+        f.readinto(memoryview(arr.reshape(-1, order="A")).cast("B"))
+    _check_digests(arr, spec, name)
+    return arr
+
+
+# --- skeletons -------------------------------------------------------------------------------
+
+_PLAIN_SCALARS = (type(None), bool, int, float, str)
+
+
+class _TreeWriter:
+    """Encodes plain results as tagged JSON; arrays go to zarr through ``store_array``."""
+
+    def __init__(self, store_array: Any) -> None:
+        self.store_array = store_array
+
+    def encode(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind in _PLAIN_SCALARS:
+            if kind is float and not np.isfinite(obj):
+                return ["f", repr(obj)]
+            return obj
+        if kind is list or kind is tuple:
+            return ["l" if kind is list else "t", [self.encode(x) for x in obj]]
+        if kind is dict:
+            return ["d", [[self.encode(k), self.encode(v)] for k, v in obj.items()]]
+        if kind in (np.ndarray, np.memmap) and not obj.dtype.hasobject:
+            return ["a", self.store_array(obj)]
+        if isinstance(obj, np.generic) and not obj.dtype.hasobject and obj.dtype.names is None:
+            return ["s", obj.dtype.str, obj.tobytes().hex()]
+        raise _NotPlain
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _decode_tree(node: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if not isinstance(node, list):
+        return node
+    tag, *rest = node
+    if tag == "l":
+        return [_decode_tree(x, arrays) for x in rest[0]]
+    if tag == "t":
+        return tuple(_decode_tree(x, arrays) for x in rest[0])
+    if tag == "d":
+        return {_decode_tree(k, arrays): _decode_tree(v, arrays) for k, v in rest[0]}
+    if tag == "a":
+        return arrays[rest[0]]
+    if tag == "s":
+        return np.frombuffer(bytes.fromhex(rest[1]), dtype=rest[0])[0]
+    if tag == "f":
+        return float(rest[0])
+    raise EntryDamaged(f"unknown skeleton tag {tag!r}")
+
+
+class _ArrayPickler(pickle.Pickler):
+    def __init__(self, file: io.BufferedWriter, store_array: Any) -> None:
+        super().__init__(file, protocol=5)
+        self.store_array = store_array
+
+    def persistent_id(self, obj: Any) -> str | None:
+        if (
+            isinstance(obj, np.ndarray)
+            and type(obj) in (np.ndarray, np.memmap)
+            and not obj.dtype.hasobject
+            and obj.nbytes >= PICKLE_INLINE_NBYTES
+        ):
+            return self.store_array(obj)
+        return None
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BufferedReader, arrays: dict[str, np.ndarray]) -> None:
+        super().__init__(file)
+        self.arrays = arrays
+
+    def persistent_load(self, pid: str) -> np.ndarray:
+        try:
+            return self.arrays[pid]
+        except KeyError:
+            raise EntryDamaged(f"skeleton refers to a missing array {pid!r}") from None
+
+
+# --- whole results ---------------------------------------------------------------------------
+
+
+def dump(result: Any, entry_dir: Path, compression: Compression | None) -> dict[str, Any]:
+    """Write ``result`` into the (new, empty) folder ``entry_dir``.
+
+    Returns the metadata to put in the entry's group attributes.  The caller
+    publishes the folder; nothing here is visible to readers until then.
+    """
+    entry_dir = Path(entry_dir)
+    arrays: dict[str, dict[str, Any]] = {}
+    seen: dict[int, str] = {}
+
+    def store_array(arr: np.ndarray) -> str:
+        # The same array object twice in a result is stored once.
+        name = seen.get(id(arr))
+        if name is None:
+            name = seen[id(arr)] = f"a{len(arrays)}"
+            arrays[name] = write_array(entry_dir, name, arr, compression)
+        return name
+
+    meta: dict[str, Any] = {"arrays": arrays}
+    if type(result) in (np.ndarray, np.memmap) and not result.dtype.hasobject:
+        store_array(result)
+        meta["skeleton"] = "array"
+        return meta
+    try:
+        _TreeWriter(lambda arr: "").encode(result)  # a dry run: writes nothing
+    except _NotPlain:
+        pass
+    else:
+        meta["tree"] = _TreeWriter(store_array).encode(result)
+        meta["skeleton"] = "json"
+        return meta
+    buffer = io.BytesIO()
+    _ArrayPickler(buffer, store_array).dump(result)
+    skeleton = np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
+    _create_zarr_metadata(entry_dir, _SKELETON, skeleton, "C", skeleton.shape, None)
+    _write_file(_chunk_path(entry_dir / _SKELETON, (0,)), [skeleton])
+    meta["skeleton"] = "pickle"
+    return meta
+
+
+def load(entry_dir: Path, meta: dict[str, Any], mmap_mode: str | None) -> Any:
+    """Rebuild the result stored in ``entry_dir`` described by ``meta``.
+
+    Raises
+    ------
+    EntryDamaged
+        If any part of the entry is missing or does not match its metadata.
+    """
+    entry_dir = Path(entry_dir)
+    try:
+        arrays = {
+            name: read_array(entry_dir, name, spec, mmap_mode)
+            for name, spec in meta["arrays"].items()
+        }
+        kind = meta["skeleton"]
+        if kind == "array":
+            return arrays["a0"]
+        if kind == "json":
+            return _decode_tree(meta["tree"], arrays)
+        if kind == "pickle":
+            with open(_chunk_path(entry_dir / _SKELETON, (0,)), "rb") as f:
+                return _ArrayUnpickler(f, arrays).load()
+    except EntryDamaged:
+        raise
+    except (OSError, KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+        raise EntryDamaged(f"{type(exc).__name__}: {exc}") from exc
+    raise EntryDamaged(f"unknown skeleton kind {kind!r}")
+
+
+def verify(entry_dir: Path, meta: dict[str, Any]) -> list[str]:
+    """Check every byte of an entry against its digests; return the problems found."""
+    problems = []
+    for name, spec in meta.get("arrays", {}).items():
+        try:
+            arr = read_array(Path(entry_dir), name, spec, None if spec["codec"] else "r")
+            _check_digests(arr, spec, name)
+        except EntryDamaged as exc:
+            problems.append(str(exc))
+    skeleton = _chunk_path(Path(entry_dir) / _SKELETON, (0,))
+    if meta.get("skeleton") == "pickle" and not skeleton.is_file():
+        problems.append("the skeleton file is missing")
+    return problems

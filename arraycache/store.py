@@ -1,0 +1,314 @@
+"""Where cache entries live: folders, atomic publish, locks, listing and deletion.
+
+Layout under a location::
+
+    arraycache.json                  format version
+    <module>/<qualname>/code.json    source digests seen (for info and eviction)
+    <module>/<qualname>/<key>/       one zarr group per entry (see persistence.py)
+    <module>/<qualname>/<key>.lock   held while one process computes the entry
+
+An entry is written into ``<key>.tmp-<pid>-<random>`` beside its final place and
+renamed in, so readers see a whole entry or none.  Temporary folders of writers
+that died are removed by :meth:`LocalStore.remove_temporaries`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["FORMAT_VERSION", "EntryInfo", "LocalStore"]
+
+#: Version of the on-disk format; entries of another version are not read.
+FORMAT_VERSION = 1
+
+_META = "zarr.json"
+_TMP = ".tmp-"
+_TRASH = ".trash-"
+_LOCK = ".lock"
+_HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One published cache entry."""
+
+    path: Path
+    """The entry's folder."""
+    nbytes: int
+    """Bytes on disk."""
+    last_access: float
+    """Time of the last hit (or of the write), seconds since the epoch."""
+    code_digest: str | None
+    """Source digest of the function that produced it."""
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, separators=(",", ":"), allow_nan=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.pid_exists(pid)
+    except Exception:
+        return True
+
+
+def _dead_writer(name: str, marker: str, min_age: float, path: Path) -> bool:
+    """Whether a ``<key><marker><pid>-<rand>`` folder was left by a dead or stuck process."""
+    try:
+        pid = int(name.split(marker, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return True
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return False
+    return not _pid_alive(pid) or age > min_age
+
+
+class EntryLock:
+    """An exclusive lock file naming its holder (pid and host), released on exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def release(self) -> None:
+        """Remove the lock file (it may already have been taken over)."""
+        with contextlib.suppress(OSError):
+            holder = json.loads(self.path.read_text())
+            if holder.get("pid") == os.getpid() and holder.get("host") == _HOST:
+                self.path.unlink()
+
+    def __enter__(self) -> EntryLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class LocalStore:
+    """Cache entries in a folder of the local file system.
+
+    Parameters
+    ----------
+    location : path-like
+        The cache folder; created if missing.
+    """
+
+    def __init__(self, location: str | os.PathLike) -> None:
+        self.root = Path(location).expanduser().absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / "arraycache.json"
+        if not marker.exists():
+            # A read-only cache without a marker can still be read: no error here.
+            tmp = self.root / f"arraycache.json{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            with contextlib.suppress(OSError):
+                _write_json(tmp, {"format_version": FORMAT_VERSION})
+                os.replace(tmp, marker)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    # --- entries ---------------------------------------------------------------------------
+
+    def function_dir(self, folder: tuple[str, ...]) -> Path:
+        """The folder holding one function's entries."""
+        return self.root.joinpath(*folder)
+
+    def entry_dir(self, folder: tuple[str, ...], key: str) -> Path:
+        """The final folder of one entry."""
+        return self.function_dir(folder) / key
+
+    def read_meta(self, entry: Path) -> dict[str, Any] | None:
+        """The entry's arraycache metadata, or None when there is no entry.
+
+        Raises
+        ------
+        ValueError
+            If the metadata exists but cannot be read or is of an unknown version.
+        """
+        try:
+            with open(entry / _META, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise ValueError(f"{entry} is not a folder") from None
+        meta = json.loads(raw)["attributes"]["arraycache"]
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"entry format version {meta.get('format_version')!r} is unknown")
+        return meta
+
+    def new_entry(self, entry: Path) -> Path:
+        """A fresh temporary folder beside ``entry`` to write it into."""
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f"{entry.name}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        return tmp
+
+    def publish(self, tmp: Path, entry: Path, meta: dict[str, Any], replace: bool) -> bool:
+        """Write the group metadata into ``tmp`` and rename it to ``entry``.
+
+        Returns False (and drops ``tmp``) when another writer published first and
+        ``replace`` is false.  ``replace`` moves a damaged entry out of the way first.
+        """
+        meta = {**meta, "format_version": FORMAT_VERSION}
+        _write_json(tmp / _META, {"zarr_format": 3, "node_type": "group",
+                                  "attributes": {"arraycache": meta}})
+        if replace:
+            self.delete(entry)
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not entry.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another writer won; theirs is as good
+            return False
+        with contextlib.suppress(OSError):
+            fd = os.open(entry.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # make the rename itself durable
+            finally:
+                os.close(fd)
+        return True
+
+    def discard(self, tmp: Path) -> None:
+        """Remove a temporary folder that will not be published."""
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def touch(self, entry: Path) -> None:
+        """Record a hit: the mtime of the entry's ``zarr.json`` is its last access."""
+        with contextlib.suppress(OSError):
+            os.utime(entry / _META)
+
+    def delete(self, entry: Path) -> None:
+        """Remove an entry: renamed away first, so readers never see half of it."""
+        trash = entry.with_name(f"{entry.name}{_TRASH}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(entry, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # --- locks -----------------------------------------------------------------------------
+
+    def try_lock(self, entry: Path, stale_after: float) -> EntryLock | None:
+        """Take the entry's compute lock, or return None if a live holder has it.
+
+        A lock whose holder process is gone (same host) or that is older than
+        ``stale_after`` seconds is taken over.
+        """
+        path = entry.with_name(entry.name + _LOCK)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._lock_is_stale(path, stale_after):
+                    return None
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": _HOST, "time": time.time()}, f)
+            return EntryLock(path)
+        return None
+
+    @staticmethod
+    def _lock_is_stale(path: Path, stale_after: float) -> bool:
+        try:
+            holder = json.loads(path.read_text())
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            return True  # unreadable: written by a process killed mid-write
+        if age > stale_after:
+            return True
+        return holder.get("host") == _HOST and not _pid_alive(int(holder.get("pid", -1)))
+
+    def is_locked(self, entry: Path) -> bool:
+        """Whether someone holds the entry's compute lock."""
+        return entry.with_name(entry.name + _LOCK).exists()
+
+    # --- listing and housekeeping ------------------------------------------------------------
+
+    def record_code(self, folder: tuple[str, ...], name: str, code_digest: str) -> None:
+        """Add ``code_digest`` to the function's ``code.json`` (once per digest)."""
+        path = self.function_dir(folder) / "code.json"
+        try:
+            seen = json.loads(path.read_text())
+        except (OSError, ValueError):
+            seen = {"function": name, "digests": {}}
+        if code_digest in seen["digests"]:
+            return
+        seen["digests"][code_digest] = time.time()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"code.json{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        _write_json(tmp, seen)
+        os.replace(tmp, path)
+
+    def _function_dirs(self) -> Iterator[Path]:
+        for meta in self.root.rglob("code.json"):
+            yield meta.parent
+
+    def entries(self, folder: tuple[str, ...] | None = None) -> Iterator[EntryInfo]:
+        """Published entries, of one function or of all."""
+        dirs = [self.function_dir(folder)] if folder else self._function_dirs()
+        for fdir in dirs:
+            if not fdir.is_dir():
+                continue
+            for entry in fdir.iterdir():
+                if not entry.is_dir() or _TMP in entry.name or _TRASH in entry.name:
+                    continue
+                try:
+                    meta = self.read_meta(entry) or {}
+                except (ValueError, KeyError):
+                    meta = {}
+                nbytes = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+                try:
+                    last = (entry / _META).stat().st_mtime
+                except OSError:
+                    last = 0.0
+                yield EntryInfo(entry, nbytes, last, meta.get("code"))
+
+    def remove_temporaries(self, min_age: float = 3600.0) -> int:
+        """Remove temporary and trash folders of writers that died; return how many."""
+        removed = 0
+        for marker in (_TMP, _TRASH):
+            for path in self.root.rglob(f"*{marker}*"):
+                if _dead_writer(path.name, marker, min_age, path):
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def clear(self, folder: tuple[str, ...] | None = None) -> None:
+        """Remove all entries of one function, or the whole cache content."""
+        target = self.function_dir(folder) if folder else self.root
+        if not target.exists():
+            return
+        for child in list(target.iterdir()):
+            if child.name == "arraycache.json":
+                continue
+            if child.is_dir():
+                self.delete(child)
+            else:
+                child.unlink(missing_ok=True)

@@ -131,10 +131,15 @@ def _write_file(path: Path, pieces: Any) -> None:
         os.fsync(f.fileno())
 
 
+def _bytes_of(arr: np.ndarray) -> memoryview:
+    """A byte view of a contiguous array (memoryview refuses datetime64 buffers)."""
+    return memoryview(arr.reshape(-1, order="A").view(np.uint8))
+
+
 def _raw_pieces(view: np.ndarray) -> Any:
     """The bytes of a C-order view, in pieces, copying at most one piece at a time."""
     if view.flags.c_contiguous:
-        flat = memoryview(view.reshape(-1)).cast("B") if view.size else memoryview(b"")
+        flat = _bytes_of(view)
         for start in range(0, len(flat), _WRITE_PIECE_BYTES):
             yield flat[start : start + _WRITE_PIECE_BYTES]
         return
@@ -270,13 +275,13 @@ def read_array(
     if size != spec["nbytes"]:
         raise EntryDamaged(f"array {name!r} holds {size} bytes, expected {spec['nbytes']}")
     if mmap_mode is not None:
-        arr = np.memmap(path, dtype=dtype, mode=mmap_mode, shape=shape, order=order)
+        arr = np.memmap(str(path), dtype=dtype, mode=mmap_mode, shape=shape, order=order)
         if mmap_mode == "r":
             remember_digest(arr, spec["digest"])
         return arr
     arr = np.empty(shape, dtype=dtype, order=order)
     with open(path, "rb") as f:
-        f.readinto(memoryview(arr.reshape(-1, order="A")).cast("B"))
+        f.readinto(_bytes_of(arr))
     _check_digests(arr, spec, name)
     return arr
 

@@ -12,6 +12,7 @@ from .exceptions import (
     DamagedEntryWarning,
     UnhashableArgumentError,
     UnstorableResultWarning,
+    UntrustedEntryWarning,
 )
 from .hashing import hash
 from .memory import MemorizedFunc, MemorizedResult, Memory, NotMemorizedFunc
@@ -37,6 +38,7 @@ __all__ = [
     "Parallel",
     "UnhashableArgumentError",
     "UnstorableResultWarning",
+    "UntrustedEntryWarning",
     "__version__",
     "cpu_count",
     "delayed",

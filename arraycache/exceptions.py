@@ -7,6 +7,7 @@ __all__ = [
     "DamagedEntryWarning",
     "UnhashableArgumentError",
     "UnstorableResultWarning",
+    "UntrustedEntryWarning",
 ]
 
 
@@ -16,6 +17,10 @@ class CacheWarning(UserWarning):
 
 class DamagedEntryWarning(CacheWarning):
     """A cache entry failed its checks on load; it was recomputed and replaced."""
+
+
+class UntrustedEntryWarning(CacheWarning):
+    """A cache entry needs unpickling a file another user owns; it was recomputed instead."""
 
 
 class UnstorableResultWarning(CacheWarning):

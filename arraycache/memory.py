@@ -26,6 +26,7 @@ from .exceptions import (
     DamagedEntryWarning,
     UnhashableArgumentError,
     UnstorableResultWarning,
+    UntrustedEntryWarning,
 )
 from .funcinfo import FunctionInfo
 from .hashing import hash as hash_obj
@@ -65,12 +66,14 @@ class MemorizedResult:
     """
 
     def __init__(self, location: str, entry: Path, func_name: str,
-                 mmap_mode: str | None = None, verbose: int = 0) -> None:
+                 mmap_mode: str | None = None, verbose: int = 0,
+                 trust_foreign_pickles: bool = False) -> None:
         self.location = location
         self.entry = Path(entry)
         self.func_name = func_name
         self.mmap_mode = mmap_mode
         self.verbose = verbose
+        self.trust_foreign_pickles = trust_foreign_pickles
 
     @property
     def args_id(self) -> str:
@@ -90,7 +93,8 @@ class MemorizedResult:
             meta = store.read_meta(self.entry)
             if meta is None:
                 raise persistence.EntryDamaged("the entry does not exist")
-            return persistence.load(self.entry, meta, self.mmap_mode)
+            return persistence.load(self.entry, meta, self.mmap_mode,
+                                    self.trust_foreign_pickles)
         except (persistence.EntryDamaged, ValueError, KeyError) as exc:
             raise KeyError(
                 f"no stored result of {self.func_name} in {self.entry}: {exc}"
@@ -174,6 +178,7 @@ class MemorizedFunc:
         verbose: int = 1,
         cache_validation_callback: Callable[[dict], bool] | None = None,
         lock_timeout: float | None = 600.0,
+        trust_foreign_pickles: bool = False,
     ) -> None:
         _check_mmap_mode(mmap_mode)
         self.func = func
@@ -185,6 +190,7 @@ class MemorizedFunc:
         self.verbose = verbose
         self.cache_validation_callback = cache_validation_callback
         self.lock_timeout = lock_timeout
+        self.trust_foreign_pickles = trust_foreign_pickles
         self.info = FunctionInfo(func, self.ignore)
         self._store: LocalStore | None = None
         self._code_recorded = False
@@ -195,7 +201,8 @@ class MemorizedFunc:
         return (
             MemorizedFunc,
             (self.func, self.location, self.ignore, self.mmap_mode, self.compress,
-             self.verbose, self.cache_validation_callback, self.lock_timeout),
+             self.verbose, self.cache_validation_callback, self.lock_timeout,
+             self.trust_foreign_pickles),
         )
 
     def __repr__(self) -> str:
@@ -266,7 +273,14 @@ class MemorizedFunc:
             mmap_mode = None
         t0 = time.perf_counter()
         try:
-            result = persistence.load(entry, meta, mmap_mode)
+            result = persistence.load(entry, meta, mmap_mode, self.trust_foreign_pickles)
+        except persistence.UntrustedEntry as exc:
+            warnings.warn(
+                f"cache entry {entry} of {self.info.name} is not loaded: {exc}; recomputing "
+                f"(pass trust_foreign_pickles=True to Memory to load it)",
+                UntrustedEntryWarning, stacklevel=4,
+            )
+            return _MISS, meta, True
         except persistence.EntryDamaged as exc:
             self._warn_damaged(entry, exc)
             return _MISS, meta, True
@@ -307,7 +321,10 @@ class MemorizedFunc:
         deadline = time.monotonic() + self.lock_timeout
         pause = 0.01
         while True:
-            lock = store.try_lock(entry, stale_after=self.lock_timeout)
+            try:
+                lock = store.try_lock(entry, stale_after=self.lock_timeout)
+            except OSError:
+                return None, _MISS  # e.g. a read-only location: just compute
             if lock is not None:
                 return lock, _MISS
             if time.monotonic() > deadline:
@@ -420,7 +437,7 @@ class MemorizedFunc:
         if not self._in_cache(entry):  # could not be stored: keep the value itself
             return NotMemorizedResult(self.func(*args, **kwargs))
         return MemorizedResult(self.location, entry, self.info.name, self.mmap_mode,
-                               self.verbose)
+                               self.verbose, self.trust_foreign_pickles)
 
     def _in_cache(self, entry: Path) -> bool:
         try:
@@ -478,6 +495,11 @@ class Memory:
         While one process computes an entry, others that miss it wait up to this
         many seconds for its result instead of computing it again (a lock whose
         holder died is taken over at once).  None: never wait, always compute.
+    trust_foreign_pickles : bool
+        Results that need pickle (anything beyond arrays, numbers, strings and plain
+        containers) are only unpickled from files you own, because unpickling runs
+        code chosen by whoever wrote the file.  True lifts that rule for locations
+        shared with people you trust.
     """
 
     def __init__(
@@ -490,6 +512,7 @@ class Memory:
         bytes_limit: int | str | None = None,
         backend_options: dict | None = None,
         lock_timeout: float | None = 600.0,
+        trust_foreign_pickles: bool = False,
     ) -> None:
         if backend != "local":
             raise ValueError(f"unknown backend {backend!r}; only 'local' is available")
@@ -505,13 +528,15 @@ class Memory:
         self.bytes_limit = bytes_limit
         self.backend_options = backend_options or {}
         self.lock_timeout = lock_timeout
+        self.trust_foreign_pickles = trust_foreign_pickles
 
     def __repr__(self) -> str:
         return f"Memory(location={self.location!r})"
 
     def __reduce__(self) -> tuple:
         return (Memory, (self.location, self.backend, self.mmap_mode, self.compress,
-                         self.verbose, self.bytes_limit, self.backend_options, self.lock_timeout))
+                         self.verbose, self.bytes_limit, self.backend_options, self.lock_timeout,
+                         self.trust_foreign_pickles))
 
     def cache(
         self,
@@ -561,6 +586,7 @@ class Memory:
             verbose=self.verbose if verbose is None else verbose,
             cache_validation_callback=cache_validation_callback,
             lock_timeout=self.lock_timeout,
+            trust_foreign_pickles=self.trust_foreign_pickles,
         )
 
     def eval(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -581,6 +607,29 @@ class Memory:
         store = self._store()
         if store is not None:
             store.clear()
+
+    def verify(self) -> list[Path]:
+        """Check every byte of every entry against its digests.
+
+        Returns
+        -------
+        list of Path
+            The folders of damaged entries (empty when all is well).  They are left
+            in place: a later call of their function recomputes and replaces them.
+        """
+        store = self._store()
+        if store is None:
+            return []
+        damaged = []
+        for info in store.entries():
+            try:
+                meta = store.read_meta(info.path)
+                problems = persistence.verify(info.path, meta) if meta else ["no metadata"]
+            except (ValueError, KeyError, OSError) as exc:
+                problems = [str(exc)]
+            if problems:
+                damaged.append(info.path)
+        return damaged
 
     def reduce_size(
         self,

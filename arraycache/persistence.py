@@ -36,7 +36,7 @@ from zarr.storage import LocalStore
 from .codecs import Compression
 from .hashing import block_digests, combine_digests, remember_digest
 
-__all__ = ["EntryDamaged", "dump", "load", "verify"]
+__all__ = ["EntryDamaged", "UntrustedEntry", "dump", "load", "verify"]
 
 #: Arrays smaller than this, inside a pickled skeleton, stay in the pickle: a fitted
 #: estimator holds dozens of tiny arrays that are not worth a file each.
@@ -49,6 +49,10 @@ _SKELETON = "skeleton"
 
 class EntryDamaged(Exception):
     """An entry's files do not match its metadata (missing, truncated, altered)."""
+
+
+class UntrustedEntry(EntryDamaged):
+    """An entry would need unpickling a file owned by another user."""
 
 
 # --- dtypes in JSON --------------------------------------------------------------------------
@@ -402,17 +406,37 @@ def dump(result: Any, entry_dir: Path, compression: Compression | None) -> dict[
     buffer = io.BytesIO()
     _ArrayPickler(buffer, store_array).dump(result)
     skeleton = np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
-    _create_zarr_metadata(entry_dir, _SKELETON, skeleton, "C", skeleton.shape, None)
-    _write_file(_chunk_path(entry_dir / _SKELETON, (0,)), [skeleton])
     meta["skeleton"] = "pickle"
+    meta["pickle"] = write_array(entry_dir, _SKELETON, skeleton, None)
     return meta
 
 
-def load(entry_dir: Path, meta: dict[str, Any], mmap_mode: str | None) -> Any:
+def _unpickle_skeleton(
+    entry_dir: Path, spec: dict[str, Any], arrays: dict[str, np.ndarray], trust_foreign: bool
+) -> Any:
+    if not trust_foreign:
+        owner = _chunk_path(entry_dir / _SKELETON, (0,)).stat().st_uid
+        if owner != os.getuid():
+            raise UntrustedEntry(
+                f"its pickled part belongs to uid {owner}, not to you (uid {os.getuid()}); "
+                f"unpickling it could run that user's code"
+            )
+    data = read_array(entry_dir, _SKELETON, spec, None)  # checked against its digests
+    return _ArrayUnpickler(io.BytesIO(data.tobytes()), arrays).load()
+
+
+def load(
+    entry_dir: Path, meta: dict[str, Any], mmap_mode: str | None, trust_foreign: bool = False
+) -> Any:
     """Rebuild the result stored in ``entry_dir`` described by ``meta``.
+
+    A pickled skeleton is only unpickled when its file belongs to the current user,
+    or when ``trust_foreign`` is true: unpickling is code execution.
 
     Raises
     ------
+    UntrustedEntry
+        If the entry needs unpickling a file that another user owns.
     EntryDamaged
         If any part of the entry is missing or does not match its metadata.
     """
@@ -428,11 +452,12 @@ def load(entry_dir: Path, meta: dict[str, Any], mmap_mode: str | None) -> Any:
         if kind == "json":
             return _decode_tree(meta["tree"], arrays)
         if kind == "pickle":
-            with open(_chunk_path(entry_dir / _SKELETON, (0,)), "rb") as f:
-                return _ArrayUnpickler(f, arrays).load()
+            return _unpickle_skeleton(entry_dir, meta["pickle"], arrays, trust_foreign)
     except EntryDamaged:
         raise
-    except (OSError, KeyError, TypeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+    except Exception as exc:
+        # Garbage fed to the unpickler can raise almost anything (ImportError,
+        # AttributeError, struct.error...): all of it means the entry is unusable.
         raise EntryDamaged(f"{type(exc).__name__}: {exc}") from exc
     raise EntryDamaged(f"unknown skeleton kind {kind!r}")
 
@@ -440,13 +465,14 @@ def load(entry_dir: Path, meta: dict[str, Any], mmap_mode: str | None) -> Any:
 def verify(entry_dir: Path, meta: dict[str, Any]) -> list[str]:
     """Check every byte of an entry against its digests; return the problems found."""
     problems = []
-    for name, spec in meta.get("arrays", {}).items():
+    specs = dict(meta.get("arrays", {}))
+    if meta.get("skeleton") == "pickle":
+        specs[_SKELETON] = meta.get("pickle")
+    for name, spec in specs.items():
         try:
             arr = read_array(Path(entry_dir), name, spec, None if spec["codec"] else "r")
             _check_digests(arr, spec, name)
-        except EntryDamaged as exc:
-            problems.append(str(exc))
-    skeleton = _chunk_path(Path(entry_dir) / _SKELETON, (0,))
-    if meta.get("skeleton") == "pickle" and not skeleton.is_file():
-        problems.append("the skeleton file is missing")
+        except (EntryDamaged, KeyError, TypeError) as exc:
+            problems.append(f"{type(exc).__name__}: {exc}" if not isinstance(exc, EntryDamaged)
+                            else str(exc))
     return problems

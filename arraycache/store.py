@@ -55,10 +55,10 @@ class EntryInfo:
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    # Not fsynced, like the data files (see persistence._write_file): an entry whose
+    # metadata a power loss cut short fails to parse and is recomputed.
     with open(path, "w") as f:
         json.dump(obj, f, separators=(",", ":"), allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -179,12 +179,6 @@ class LocalStore:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another writer won; theirs is as good
             return False
-        with contextlib.suppress(OSError):
-            fd = os.open(entry.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # make the rename itself durable
-            finally:
-                os.close(fd)
         return True
 
     def discard(self, tmp: Path) -> None:

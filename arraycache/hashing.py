@@ -18,6 +18,7 @@ digest stored with them (see :func:`remember_digest`), so hashing them is O(1).
 from __future__ import annotations
 
 import collections
+import copyreg
 import functools
 import io
 import os
@@ -53,31 +54,36 @@ def _array_header(arr: np.ndarray) -> bytes:
     return repr((descr, arr.shape, _array_order(arr))).encode()
 
 
-def _contiguous_pieces(arr: np.ndarray, target: int) -> Iterator[memoryview]:
-    """Yield the bytes of ``arr`` in its memory order, in pieces of about ``target`` bytes.
+def _contiguous_pieces(arr: np.ndarray, target: int, order: str = "C") -> Iterator[memoryview]:
+    """Yield the bytes of ``arr`` in ``order``, in pieces of about ``target`` bytes.
 
-    Contiguous arrays are sliced without a copy; other arrays are copied one slab of
-    leading-axis rows at a time, so no full copy is ever materialised.
+    Arrays contiguous in ``order`` are sliced without a copy; other arrays are copied
+    one slab of leading-axis rows at a time (in C order), so no full copy is ever
+    materialised.
     """
-    if arr.flags.c_contiguous or arr.flags.f_contiguous:
-        flat = memoryview(arr.reshape(-1, order="A")).cast("B") if arr.size else memoryview(b"")
+    if arr.flags.c_contiguous or (order == "F" and arr.flags.f_contiguous):
+        # Viewed as bytes: datetime64 and some other dtypes do not export a buffer.
+        flat = memoryview(arr.reshape(-1, order=order).view(np.uint8) if arr.size else b"")
         for start in range(0, len(flat), target):
             yield flat[start : start + target]
         return
     row_bytes = arr[0].nbytes if arr.shape[0] else 0
     if arr.ndim > 1 and row_bytes > target:
+        # Each row in C order: a row may be F-contiguous (e.g. of a transposed
+        # view) and must then be copied, not read in its own memory order.
         for row in arr:
-            yield from _contiguous_pieces(row, target)
+            yield from _contiguous_pieces(row, target, "C")
         return
     rows = max(1, target // max(row_bytes, 1))
     for start in range(0, arr.shape[0], rows):
-        yield memoryview(np.ascontiguousarray(arr[start : start + rows]).reshape(-1)).cast("B")
+        slab = np.ascontiguousarray(arr[start : start + rows]).reshape(-1)
+        yield memoryview(slab.view(np.uint8))
 
 
 def _blocks(arr: np.ndarray) -> Iterator[memoryview | bytes]:
     """Yield the memory-order bytes of ``arr`` cut at exact multiples of BLOCK_SIZE."""
     pending = bytearray()
-    for piece in _contiguous_pieces(arr, BLOCK_SIZE):
+    for piece in _contiguous_pieces(arr, BLOCK_SIZE, _array_order(arr)):
         if not pending and len(piece) == BLOCK_SIZE:
             yield piece
             continue
@@ -209,12 +215,33 @@ class _Set(tuple):
     """Marks a set's members, sorted, so that iteration order does not change a digest."""
 
 
+class _FrozenSet(tuple):
+    """Marks a frozenset's members, sorted (a frozenset is not a set)."""
+
+
 def _array_token(digest: str) -> None:
     """Stands for an array in the pickle stream (never called)."""
 
 
-def _code_token(module: str | None, qualname: str, code_bytes: bytes, consts: tuple) -> None:
-    """Stands for a function that cannot be pickled by reference (never called)."""
+def _code_token(
+    module: str | None, qualname: str, code_bytes: bytes, consts: tuple, names: tuple, extra: str
+) -> None:
+    """Stands for a function that cannot be pickled by reference (never called).
+
+    ``extra`` is the digest of its defaults and of the values its closure holds.
+    """
+
+
+def _object_token(digest: str) -> None:
+    """Stands for an object, by the digest of its canonical reduce value (never called)."""
+
+
+def _cycle_token(distance: int) -> None:
+    """Stands for an object met again inside itself, ``distance`` levels up (never called)."""
+
+
+def _empty_cell() -> None:
+    """Stands for a closure cell that holds nothing yet (never called)."""
 
 
 def _sorted_by_digest(items: list) -> list:
@@ -222,6 +249,15 @@ def _sorted_by_digest(items: list) -> list:
         return sorted(items)
     except TypeError:
         return sorted(items, key=hash)
+
+
+def _sorted_items(items: list) -> _Mapping:
+    """``items`` (canonical key, value pairs) sorted by key, marked as a mapping."""
+    try:
+        items.sort(key=lambda kv: kv[0])
+    except TypeError:
+        items.sort(key=lambda kv: hash(kv[0]))
+    return _Mapping(items)
 
 
 def _canonical(obj: Any, active: set[int]) -> Any:
@@ -234,15 +270,14 @@ def _canonical(obj: Any, active: set[int]) -> Any:
     active.add(id(obj))
     try:
         if kind is dict:
-            items = [(_canonical(k, active), _canonical(v, active)) for k, v in obj.items()]
-            try:
-                items.sort(key=lambda kv: kv[0])
-            except TypeError:
-                items.sort(key=lambda kv: hash(kv[0]))
-            return _Mapping(items)
+            return _sorted_items(
+                [(_canonical(k, active), _canonical(v, active)) for k, v in obj.items()]
+            )
         members = [_canonical(item, active) for item in obj]
-        if kind in (set, frozenset):
+        if kind is set:
             return _Set(_sorted_by_digest(members))
+        if kind is frozenset:
+            return _FrozenSet(_sorted_by_digest(members))
         return members if kind is list else tuple(members)
     finally:
         active.discard(id(obj))
@@ -250,32 +285,120 @@ def _canonical(obj: Any, active: set[int]) -> Any:
 
 def code_fingerprint(code: types.CodeType) -> tuple:
     """What a function does, independent of its file name and line numbers."""
-    consts = tuple(
-        code_fingerprint(c) if isinstance(c, types.CodeType) else c for c in code.co_consts
-    )
+    consts = tuple(_const_fingerprint(c) for c in code.co_consts)
     return (code.co_code, consts, code.co_names)
 
 
+def _const_fingerprint(const: Any) -> Any:
+    if isinstance(const, types.CodeType):
+        return code_fingerprint(const)
+    if isinstance(const, frozenset):
+        # ``x in {"a", "b"}`` compiles to a frozenset constant, whose iteration
+        # order (hence pickle and repr) depends on PYTHONHASHSEED.
+        return ("frozenset", tuple(sorted(const, key=repr)))
+    if isinstance(const, tuple):
+        return tuple(_const_fingerprint(c) for c in const)
+    return const
+
+
+def _reduce(obj: Any) -> tuple | None:
+    """The reduce value of ``obj`` with canonical containers, or None to let pickle act."""
+    reducer = copyreg.dispatch_table.get(type(obj))
+    try:
+        reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(5)
+    except Exception:
+        return None  # let pickle raise its own, precise error
+    if isinstance(reduced, str):
+        return None  # a global, pickled by name
+    func, args, state, listitems, dictitems = (*reduced, None, None, None)[:5]
+    args = _canonical(args, set())
+    if isinstance(obj, (set, frozenset)) and args and type(args[0]) is list:
+        args = (_Set(_sorted_by_digest(args[0])), *args[1:])  # set subclasses
+    state = _canonical(state, set())
+    if listitems is not None:
+        listitems = [_canonical(item, set()) for item in listitems]
+    if dictitems is not None:
+        items = [(_canonical(k, set()), _canonical(v, set())) for k, v in dictitems]
+        # dict subclasses (defaultdict, Counter...) compare regardless of order,
+        # OrderedDict does not.
+        dictitems = items if isinstance(obj, collections.OrderedDict) else _sorted_items(items)
+    return func, args, state, listitems, dictitems
+
+
 class _Hasher(pickle.Pickler):
+    """Pickles canonical forms into a digest stream.
+
+    There is no memo (``fast`` mode): an object met twice is written twice, so
+    whether two equal values are one object or two does not change the digest.
+    Objects other than builtin containers are written as the digest of their reduce
+    value, hashed by a nested hasher while they sit on ``stack``; an object met
+    again inside itself is written as its distance up that stack, so cycles end.
+    """
+
+    def __init__(self, file: io.RawIOBase, stack: list, arrays: dict) -> None:
+        super().__init__(file, protocol=5)
+        self.fast = True
+        self.stack = stack
+        self.arrays = arrays  # id -> (array, digest): each array hashed once per call
+
+    def _nested_digest(self, obj: Any, value: Any) -> str:
+        self.stack.append(obj)
+        try:
+            sink = _DigestWriter()
+            _Hasher(sink, self.stack, self.arrays).dump(value)
+        finally:
+            self.stack.pop()
+        return sink.hasher.hexdigest()
+
+    def _back_reference(self, obj: Any) -> tuple | None:
+        for distance, active in enumerate(reversed(self.stack)):
+            if active is obj:
+                return _cycle_token, (distance,)
+        return None
+
+    def _array_digest(self, arr: np.ndarray) -> str:
+        known = self.arrays.get(id(arr))
+        if known is None:
+            known = self.arrays[id(arr)] = (arr, array_digest(arr))
+        return known[1]
+
     def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is _Mapping or kind is _Set or kind is _FrozenSet:
+            return NotImplemented
         if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
-            return _array_token, (array_digest(obj),)
+            return _array_token, (self._array_digest(obj),)
         if isinstance(obj, types.FunctionType) and _not_importable(obj):
-            # Lambdas and nested functions: identify by name and code, not by address.
-            return _code_token, (obj.__module__, obj.__qualname__, *code_fingerprint(obj.__code__))
+            # Lambdas and nested functions: identify by name, code, defaults and
+            # closure values, not by address.
+            back = self._back_reference(obj)
+            if back is not None:
+                return back
+            cells = tuple(_cell_value(cell) for cell in obj.__closure__ or ())
+            extra = self._nested_digest(
+                obj, _canonical((obj.__defaults__, obj.__kwdefaults__, cells), set())
+            )
+            return _code_token, (
+                obj.__module__, obj.__qualname__, *code_fingerprint(obj.__code__), extra
+            )
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
             return NotImplemented  # by qualified name
         if isinstance(obj, (np.generic, np.dtype)):
             return NotImplemented
-        try:
-            reduced = obj.__reduce_ex__(5)
-        except Exception:
-            return NotImplemented  # let pickle raise its own, precise error
-        if isinstance(reduced, str) or len(reduced) < 3 or reduced[2] is None:
+        back = self._back_reference(obj)
+        if back is not None:
+            return back
+        reduced = _reduce(obj)
+        if reduced is None:
             return NotImplemented
-        # Canonicalise the object's state (a dict of attributes, most often).
-        state = _canonical(reduced[2], set())
-        return (reduced[0], reduced[1], state, *reduced[3:])
+        return _object_token, (self._nested_digest(obj, reduced),)
+
+
+def _cell_value(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _empty_cell
 
 
 @functools.lru_cache(maxsize=1024)
@@ -335,12 +458,15 @@ def hash(obj: Any, hash_name: str | None = None, coerce_mmap: bool = True) -> st
     TypeError
         If ``obj`` holds something that cannot be pickled (a lock, a generator,
         an open file...).
+    ValueError
+        If a list, tuple, dict or set contains itself.  (Other objects that refer
+        to themselves are fine.)
     """
     if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
         return array_digest(obj)
     sink = _DigestWriter()
     try:
-        _Hasher(sink, protocol=5).dump(_canonical(obj, set()))
+        _Hasher(sink, [], {}).dump(_canonical(obj, set()))
     except pickle.PicklingError as exc:
         raise TypeError(f"cannot hash {type(obj).__qualname__!r} object: {exc}") from None
     return sink.hasher.hexdigest()

@@ -282,7 +282,7 @@ def test_unhashable_argument_names_the_argument(memory):
     def consume(data, lock=None):
         return 1
 
-    with pytest.raises(arraycache.UnhashableArgumentError, match="'data'.*generator"):
+    with pytest.raises(arraycache.UnhashableArgumentError, match=r"'data'.*generator"):
         consume(i for i in range(3))
     with pytest.raises(TypeError, match="'lock'"):
         consume([1], lock=threading.Lock())

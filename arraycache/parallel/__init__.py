@@ -1,0 +1,42 @@
+"""Parallel runner: joblib's ``Parallel``/``delayed``, with arrays shared through files.
+
+Modules, one job each: ``_config`` (parallel_config, backend registry, CPU counts),
+``_backends`` (sequential, threads, loky processes), ``_batching`` (delayed, batch
+sizes), ``_dispatch`` (one call: dispatch, collection, errors, cleanup),
+``_pickling`` (task/result pickling, the worker entry point), ``_sharing`` (arrays as
+file references), ``_folders`` (private sharing folders and their lifetime),
+``_progress`` (verbose messages), ``_parallel`` (the ``Parallel`` class).
+"""
+
+from __future__ import annotations
+
+from ._backends import LokyBackend, ParallelBackend, SequentialBackend, ThreadingBackend
+from ._batching import delayed
+from ._config import (
+    cpu_count,
+    effective_n_jobs,
+    parallel_backend,
+    parallel_config,
+    register_parallel_backend,
+)
+from ._errors import RemoteTaskError, TaskPicklingError, WorkerDiedError
+from ._parallel import Parallel
+from ._sharing import register_mapped_file
+
+__all__ = [
+    "LokyBackend",
+    "Parallel",
+    "ParallelBackend",
+    "RemoteTaskError",
+    "SequentialBackend",
+    "TaskPicklingError",
+    "ThreadingBackend",
+    "WorkerDiedError",
+    "cpu_count",
+    "delayed",
+    "effective_n_jobs",
+    "parallel_backend",
+    "parallel_config",
+    "register_mapped_file",
+    "register_parallel_backend",
+]

@@ -1,0 +1,260 @@
+"""``Parallel``: joblib's runner, with large arrays shared through memory-mapped files."""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections.abc import Generator, Iterable
+from typing import Any
+
+from ._backends import ParallelBackend, SequentialBackend, ThreadingBackend
+from ._config import (
+    BACKENDS,
+    active_config,
+    default_backend_name,
+    effective_n_jobs,
+    nesting_limit,
+)
+from ._dispatch import CallRun
+from ._progress import Progress
+
+__all__ = ["Parallel"]
+
+_UNSET: Any = object()
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _to_bytes(size: int | str | None) -> int | None:
+    """``'1M'`` -> 1048576, as joblib's ``max_nbytes`` strings."""
+    if size is None or isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(size).upper())
+    if match is None:
+        raise ValueError(f"max_nbytes: cannot read {size!r} as a size such as '1M' or 1024")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+class Parallel:
+    """Run ``delayed`` calls in parallel, joblib-style, sharing large arrays through files.
+
+    Parameters
+    ----------
+    n_jobs : int or None, default None
+        Number of workers: ``-1`` all CPUs, ``-2`` all but one, ...; ``None`` means
+        the ``parallel_config`` value, else 1 (which runs the tasks inline).
+    backend : str or ParallelBackend, optional
+        ``'loky'`` (worker processes, the default), ``'threading'``, ``'sequential'``
+        or a name given to :func:`register_parallel_backend`.
+    return_as : {'list', 'generator', 'generator_unordered'}, default 'list'
+        A list of the results in task order, a generator yielding them in task order
+        as they become available, or one yielding them as tasks complete.
+    verbose : int, default 0
+        Progress messages to stderr (to stdout from 50): more with higher values,
+        every batch above 10.
+    timeout : float, optional
+        Seconds a batch of tasks may run in a worker; past it, the call is aborted
+        and ``TimeoutError`` is raised.  Not applied when tasks run inline.
+    pre_dispatch : int or str, default '2 * n_jobs'
+        Batches sent ahead of completions, as a number, an expression of ``n_jobs``
+        or ``'all'``; bounds how much of a lazy iterable is consumed ahead.
+    batch_size : int or 'auto', default 'auto'
+        Tasks per batch sent to a worker.  ``'auto'`` grows batches until each runs
+        for 0.2 to 2 s, so that many tiny tasks are not dominated by overhead.
+    temp_folder : str, optional
+        Where arrays sent to or from worker processes are written.  By default
+        ``/dev/shm`` when it has room for the array, else the temporary directory.
+    max_nbytes : int, str or None, default '1M'
+        Arrays bigger than this are sent to worker processes (and results sent back)
+        as memory-mapped files; ``None`` turns this off.  Arrays already backed by a
+        file (``np.memmap``, cache hits with ``mmap_mode``) are always sent as a
+        reference to their file, whatever their size, and never copied.
+    mmap_mode : {'r', 'c', 'r+', 'w+', None}, default 'r'
+        How workers map shared arrays, and the caller large results.  Copies written
+        by arraycache are shared by content across tasks and calls, so they are
+        mapped read-only ('r') or copy-on-write (any writable mode); ``None`` loads
+        them in memory.  A writable ``np.memmap`` of yours stays writable in workers.
+    prefer : {'processes', 'threads'}, optional
+        Soft hint for the backend when none is given.
+    require : {'sharedmem'}, optional
+        Hard constraint: tasks must see the caller's memory (selects threads).
+
+    Notes
+    -----
+    Used as a context manager, the workers (threads, or loky's processes) are kept
+    for every call made inside the ``with`` block.  Arrays written for a call stay in
+    a private folder of this process (``arraycache-<pid>-<random>``, mode 0700) as
+    long as the array they come from lives, so a later call with the same array does
+    not write it again; large results live as long as the returned arrays.  An
+    exception raised by a task is re-raised with its type; when it happened in a
+    worker process, the worker's traceback is attached as a note.
+
+    Examples
+    --------
+    >>> from math import sqrt
+    >>> Parallel(n_jobs=2)(delayed(sqrt)(i**2) for i in range(4))
+    [0.0, 1.0, 2.0, 3.0]
+    """
+
+    def __init__(
+        self,
+        n_jobs: int | None = _UNSET,
+        backend: str | ParallelBackend | None = _UNSET,
+        return_as: str = "list",
+        verbose: int = _UNSET,
+        timeout: float | None = None,
+        pre_dispatch: int | str = "2 * n_jobs",
+        batch_size: int | str = "auto",
+        temp_folder: str | None = _UNSET,
+        max_nbytes: int | str | None = _UNSET,
+        mmap_mode: str | None = _UNSET,
+        prefer: str | None = _UNSET,
+        require: str | None = _UNSET,
+    ) -> None:
+        config = active_config()
+
+        def pick(value: Any, key: str) -> Any:
+            return config[key] if value is _UNSET else value
+
+        if return_as not in ("list", "generator", "generator_unordered"):
+            raise ValueError(
+                f"return_as must be 'list', 'generator' or 'generator_unordered', not {return_as!r}"
+            )
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be 'auto' or a positive int, not {batch_size!r}")
+        self.n_jobs = pick(n_jobs, "n_jobs")
+        self.return_as = return_as
+        self.verbose = pick(verbose, "verbose") or 0
+        self.timeout = timeout
+        self.pre_dispatch = pre_dispatch
+        self.batch_size = batch_size
+        self.temp_folder = pick(temp_folder, "temp_folder")
+        self.max_nbytes = _to_bytes(pick(max_nbytes, "max_nbytes"))
+        self.mmap_mode = pick(mmap_mode, "mmap_mode")
+        if self.mmap_mode not in ("r", "c", "r+", "w+", None):
+            raise ValueError(f"mmap_mode must be 'r', 'c', 'r+', 'w+' or None, not {mmap_mode!r}")
+        self.prefer = pick(prefer, "prefer")
+        self.require = pick(require, "require")
+        self._backend = self._choose_backend(None if backend is _UNSET else backend, config)
+        self._managed = False
+        self._running: weakref.ref | None = None
+        self._lock = threading.Lock()
+
+    def _choose_backend(self, backend: Any, config: dict[str, Any]) -> ParallelBackend:
+        explicit = backend is not None
+        if backend is None:
+            backend = config["backend"]
+        kwargs = config["backend_kwargs"]
+        if backend is None:
+            name = default_backend_name()
+            if self.prefer == "threads" or self.require == "sharedmem":
+                name = "threading"
+            elif nesting_limit() is not None and BACKENDS[name] is BACKENDS["loky"]:
+                # Inside a task: threads, capped by effective_n_jobs, not more processes.
+                name = "threading"
+            backend = name
+        if isinstance(backend, str):
+            if backend not in BACKENDS:
+                raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
+            backend = BACKENDS[backend](**kwargs)
+        if self.require == "sharedmem" and not backend.supports_sharedmem:
+            if explicit:
+                raise ValueError(
+                    f"backend {type(backend).__name__} does not share memory with the "
+                    "caller, as require='sharedmem' asks"
+                )
+            backend = ThreadingBackend()
+        return backend
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_jobs={self.n_jobs})"
+
+    # --- context manager ---------------------------------------------------------------------
+
+    def __enter__(self) -> Parallel:
+        self._managed = True
+        self._configure()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._managed = False
+        self._backend.stop()
+
+    def _configure(self) -> tuple[ParallelBackend, int]:
+        n_workers = effective_n_jobs(self.n_jobs)
+        backend = self._backend
+        if n_workers == 1 and not isinstance(backend, SequentialBackend):
+            # One worker: run inline, as joblib does (no process, no pickling).
+            backend = SequentialBackend()
+        return backend, backend.configure(n_workers)
+
+    # --- calls -------------------------------------------------------------------------------
+
+    def __call__(self, iterable: Iterable) -> list | Generator:
+        """Run the tasks of ``iterable`` (made with ``delayed``).
+
+        Returns
+        -------
+        list or generator
+            As chosen by ``return_as``.
+
+        Raises
+        ------
+        Exception
+            The first exception raised by a task, with its own type.
+        TimeoutError
+            If a batch ran longer than ``timeout``.
+        WorkerDiedError
+            If a worker process died while running tasks.
+        TaskPicklingError
+            If a task cannot be sent to a worker process (the message names it).
+        """
+        with self._lock:
+            previous = self._running() if self._running is not None else None
+            if previous is not None and not previous._closed:
+                raise RuntimeError(
+                    "this Parallel instance is still running a call: consume or close the "
+                    "generator it returned first"
+                )
+            backend, n_workers = self._configure()
+            progress = Progress(repr(self), self.verbose)
+            progress.using(backend.name, n_workers)
+            run = CallRun(
+                backend,
+                n_workers,
+                iterable,
+                batch_size=self.batch_size,
+                pre_dispatch=self.pre_dispatch,
+                timeout=self.timeout,
+                ordered=self.return_as != "generator_unordered",
+                max_nbytes=self.max_nbytes,
+                mmap_mode=self.mmap_mode,
+                temp_folder=self.temp_folder,
+                progress=progress,
+                stop_backend=not self._managed or backend is not self._backend,
+            )
+            self._running = weakref.ref(run)
+        if self.return_as == "list":
+            return [value for _, value in _drive(run)]
+        generator = _values(_drive(run))
+        # A generator dropped before it starts never runs its finally clause.
+        weakref.finalize(generator, run.close, True)
+        return generator
+
+
+def _drive(run: CallRun) -> Generator[tuple[int, Any], None, None]:
+    """Yield the call's results; on any exit (error, interrupt, close) clean up."""
+    try:
+        yield from run.results()
+    except BaseException:
+        run.close(abort=True)
+        raise
+    run.close(abort=False)
+
+
+def _values(pairs: Generator[tuple[int, Any], None, None]) -> Generator[Any, None, None]:
+    try:
+        for _, value in pairs:
+            yield value
+    finally:
+        pairs.close()

@@ -1,0 +1,171 @@
+"""Pickling of batches to workers and of results back, with arrays as file references.
+
+arraycache pickles tasks itself, in the caller's thread, before handing bytes to
+loky: a task that cannot be pickled is reported at once, naming the culprit, and
+the array reducer can depend on the call (its folder, ``max_nbytes``,
+``mmap_mode``) while loky's reusable executor stays the same object across calls.
+Functions and classes defined in ``__main__`` or notebooks go by value (cloudpickle).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from ._config import set_nesting_limit
+from ._errors import RemoteTaskError, TaskPicklingError
+from ._sharing import Reference, ResultSpec, open_reference, result_reference
+
+__all__ = ["dumps_batch", "loads_results", "run_batch_in_worker"]
+
+Task = tuple[Callable[..., Any], tuple, dict]
+
+
+def _plain(arr: np.ndarray) -> np.ndarray:
+    return arr
+
+
+class _ArrayPickler(cloudpickle.Pickler):
+    """cloudpickle, with ndarrays/memmaps turned into :class:`Reference` when asked to."""
+
+    def __init__(self, file: io.BytesIO, reference: Callable[[np.ndarray], Reference | None]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._reference = reference
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is np.ndarray or kind is np.memmap:
+            ref = self._reference(obj)
+            if ref is not None:
+                return open_reference, (ref,)
+            if kind is np.memmap:
+                # A memmap that is not passed by reference arrives as a plain array.
+                return _plain, (obj.view(np.ndarray),)
+        return super().reducer_override(obj)
+
+
+def _dumps(obj: Any, reference: Callable[[np.ndarray], Reference | None]) -> bytes:
+    buffer = io.BytesIO()
+    _ArrayPickler(buffer, reference).dump(obj)
+    return buffer.getvalue()
+
+
+def _no_reference(_arr: np.ndarray) -> None:
+    return None
+
+
+def _culprit(tasks: list[Task], first_index: int) -> str:
+    """Name the first part of ``tasks`` that does not pickle (arrays are not tried)."""
+    for position, (func, args, kwargs) in enumerate(tasks):
+        where = f"task {first_index + position}"
+        parts = [(f"the function of {where}", func)]
+        parts += [(f"argument {i} of {where}", arg) for i, arg in enumerate(args)]
+        parts += [(f"keyword argument {key!r} of {where}", arg) for key, arg in kwargs.items()]
+        for name, part in parts:
+            try:
+                _dumps(part, _no_reference)
+            except Exception as exc:
+                kind = type(part)
+                return (
+                    f"{name} (a '{kind.__module__}.{kind.__qualname__}') cannot be sent to "
+                    f"a worker: {type(exc).__name__}: {exc}"
+                )
+    return "a task cannot be sent to a worker"
+
+
+def dumps_batch(
+    tasks: list[Task],
+    first_index: int,
+    reference: Callable[[np.ndarray], Reference | None],
+    results: ResultSpec,
+    nesting_limit: int,
+) -> bytes:
+    """Pickle a batch for a worker process.
+
+    Raises
+    ------
+    TaskPicklingError
+        Naming the task and the argument that cannot be pickled.
+    """
+    try:
+        return _dumps((nesting_limit, results, first_index, tasks), reference)
+    except Exception as exc:
+        raise TaskPicklingError(_culprit(tasks, first_index)) from exc
+
+
+# --- worker side ---------------------------------------------------------------------------
+
+
+def _sendable_exception(exc: BaseException, text: str) -> BaseException:
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        return RemoteTaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return exc
+
+
+def run_tasks(tasks: list[Task], nesting_limit: int) -> tuple[list, tuple | None, float]:
+    """Run a batch here: (results, (position, exception, traceback text) or None, seconds)."""
+    previous = set_nesting_limit(nesting_limit)
+    start = time.perf_counter()
+    results: list = []
+    error = None
+    try:
+        for position, (func, args, kwargs) in enumerate(tasks):
+            try:
+                results.append(func(*args, **kwargs))
+            except BaseException as exc:
+                # Skip this frame: the traceback starts in the task's function.
+                tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+                text = "".join(traceback.format_exception(type(exc), exc, tb))
+                error = (position, exc, text)
+                break
+    finally:
+        set_nesting_limit(previous)
+    return results, error, time.perf_counter() - start
+
+
+def run_batch_in_worker(payload: bytes) -> bytes:
+    """Entry point in a worker process: unpickle a batch, run it, pickle what it gave."""
+    try:
+        nesting_limit, spec, first_index, tasks = pickle.loads(payload)
+    except BaseException as exc:
+        text = traceback.format_exc()
+        error = (0, _sendable_exception(exc, text), "while unpickling the batch:\n" + text)
+        return cloudpickle.dumps(([], error, 0.0))
+    results, error, duration = run_tasks(tasks, nesting_limit)
+    if error is not None:
+        position, exc, text = error
+        error = (position, _sendable_exception(exc, text), text)
+
+    def reference(arr: np.ndarray) -> Reference | None:
+        return result_reference(arr, spec)
+
+    try:
+        return _dumps((results, error, duration), reference)
+    except Exception as exc:
+        for position, value in enumerate(results):
+            try:
+                _dumps(value, reference)
+            except Exception as value_exc:
+                kind = type(value)
+                failure = TaskPicklingError(
+                    f"the result of task {first_index + position} (a '{kind.__module__}."
+                    f"{kind.__qualname__}') cannot be sent back from the worker: "
+                    f"{type(value_exc).__name__}: {value_exc}"
+                )
+                return cloudpickle.dumps((results[:position], (position, failure, ""), duration))
+        failure = TaskPicklingError(f"the results cannot be sent back: {exc}")
+        return cloudpickle.dumps(([], (0, failure, traceback.format_exc()), duration))
+
+
+def loads_results(data: bytes) -> tuple[list, tuple | None, float]:
+    """Caller side of :func:`run_batch_in_worker`; large arrays come back as ``np.memmap``."""
+    return pickle.loads(data)

@@ -217,7 +217,7 @@ class MemorizedFunc:
 
     @property
     def store(self) -> LocalStore | None:
-        """The store, or None when the location cannot be used (warned once)."""
+        """The store, or None when the location cannot be used (warns at each call)."""
         if self._store is None:
             try:
                 self._store = LocalStore(self.location)
@@ -322,7 +322,7 @@ class MemorizedFunc:
         pause = 0.01
         while True:
             try:
-                lock = store.try_lock(entry, stale_after=self.lock_timeout)
+                lock = store.try_lock(entry)
             except OSError:
                 return None, _MISS  # e.g. a read-only location: just compute
             if lock is not None:

@@ -15,6 +15,7 @@ that died are removed by :meth:`LocalStore.remove_temporaries`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -82,17 +83,24 @@ def _dead_writer(name: str, marker: str, min_age: float, path: Path) -> bool:
 
 
 class EntryLock:
-    """An exclusive lock file naming its holder (pid and host), released on exit."""
+    """An exclusive ``flock`` on an entry's lock file, released on exit.
 
-    def __init__(self, path: Path) -> None:
+    The kernel drops the lock when its holder dies, so a crashed holder never
+    blocks anyone; the file also records the holder's pid and host for people.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
+        self.fd = fd
 
     def release(self) -> None:
-        """Remove the lock file (it may already have been taken over)."""
+        """Remove the lock file, then drop the lock (in this order: see try_lock)."""
+        if self.fd < 0:
+            return
         with contextlib.suppress(OSError):
-            holder = json.loads(self.path.read_text())
-            if holder.get("pid") == os.getpid() and holder.get("host") == _HOST:
-                self.path.unlink()
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = -1
 
     def __enter__(self) -> EntryLock:
         return self
@@ -201,44 +209,35 @@ class LocalStore:
 
     # --- locks -----------------------------------------------------------------------------
 
-    def try_lock(self, entry: Path, stale_after: float) -> EntryLock | None:
-        """Take the entry's compute lock, or return None if a live holder has it.
+    def try_lock(self, entry: Path) -> EntryLock | None:
+        """Take the entry's compute lock, or return None if someone holds it.
 
-        A lock whose holder process is gone (same host) or that is older than
-        ``stale_after`` seconds is taken over.
+        Raises
+        ------
+        OSError
+            If the lock file cannot be created (e.g. a read-only location).
         """
         path = entry.with_name(entry.name + _LOCK)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self._lock_is_stale(path, stale_after):
-                    return None
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": _HOST, "time": time.time()}, f)
-            return EntryLock(path)
-        return None
-
-    @staticmethod
-    def _lock_is_stale(path: Path, stale_after: float) -> bool:
-        try:
-            holder = json.loads(path.read_text())
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        except (OSError, ValueError):
-            return True  # unreadable: written by a process killed mid-write
-        if age > stale_after:
-            return True
-        return holder.get("host") == _HOST and not _pid_alive(int(holder.get("pid", -1)))
-
-    def is_locked(self, entry: Path) -> bool:
-        """Whether someone holds the entry's compute lock."""
-        return entry.with_name(entry.name + _LOCK).exists()
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            # The previous holder unlinks the file before unlocking it: if we locked a
+            # file that is no longer at ``path``, start over with the current one.
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                holder = {"pid": os.getpid(), "host": _HOST, "time": time.time()}
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(holder).encode())
+                return EntryLock(path, fd)
+            os.close(fd)
 
     # --- listing and housekeeping ------------------------------------------------------------
 

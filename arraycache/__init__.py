@@ -15,7 +15,8 @@ from .exceptions import (
     UntrustedEntryWarning,
 )
 from .hashing import hash
-from .memory import MemorizedFunc, MemorizedResult, Memory, NotMemorizedFunc
+from .memorized import MemorizedFunc, MemorizedResult, NotMemorizedFunc
+from .memory import Memory, expires_after
 from .parallel import (
     Parallel,
     cpu_count,
@@ -43,6 +44,7 @@ __all__ = [
     "cpu_count",
     "delayed",
     "effective_n_jobs",
+    "expires_after",
     "hash",
     "parallel_backend",
     "parallel_config",

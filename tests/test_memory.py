@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import arraycache
-from arraycache.memory import NotMemorizedResult, expires_after
+from arraycache import expires_after
+from arraycache.memorized import NotMemorizedResult
 
 from .conftest import run_python
 

@@ -1,0 +1,468 @@
+"""MemorizedFunc: one cached function, and the references to its stored results.
+
+Data flows one way: call -> ``funcinfo`` (bind, identity) -> ``hashing`` (key) ->
+``store`` (lookup) -> ``persistence`` (load, or compute and dump) -> ``store``
+(publish).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import persistence
+from .codecs import Compression, parse_compress
+from .exceptions import (
+    CacheWarning,
+    DamagedEntryWarning,
+    UnhashableArgumentError,
+    UnstorableResultWarning,
+    UntrustedEntryWarning,
+)
+from .funcinfo import FunctionInfo
+from .hashing import hash as hash_obj
+from .store import LocalStore
+
+__all__ = [
+    "MemorizedFunc",
+    "MemorizedResult",
+    "NotMemorizedFunc",
+    "NotMemorizedResult",
+    "check_mmap_mode",
+]
+
+_MMAP_MODES = (None, "r", "r+", "w+", "c")
+_MISS = object()
+_LOCK_POLL_MAX = 0.5
+
+
+def check_mmap_mode(mmap_mode: Any) -> None:
+    if mmap_mode not in _MMAP_MODES:
+        raise ValueError(f"mmap_mode must be one of {_MMAP_MODES}, not {mmap_mode!r}")
+
+
+def _short_repr(value: Any, limit: int = 120) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array(shape={value.shape}, dtype={value.dtype})"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _format_call(name: str, arguments: dict[str, Any]) -> str:
+    return f"{name}({', '.join(f'{k}={_short_repr(v)}' for k, v in arguments.items())})"
+
+
+def _format_duration(seconds: float) -> str:
+    return f"{seconds:.1f}s, {seconds / 60:.1f}min"
+
+
+class MemorizedResult:
+    """A reference to a stored result, as returned by ``call_and_shelve``.
+
+    Pickles cheaply, so it can be passed to other processes and loaded there.
+    """
+
+    def __init__(self, location: str, entry: Path, func_name: str,
+                 mmap_mode: str | None = None, verbose: int = 0,
+                 trust_foreign_pickles: bool = False) -> None:
+        self.location = location
+        self.entry = Path(entry)
+        self.func_name = func_name
+        self.mmap_mode = mmap_mode
+        self.verbose = verbose
+        self.trust_foreign_pickles = trust_foreign_pickles
+
+    @property
+    def args_id(self) -> str:
+        """The entry key (joblib's name for it)."""
+        return self.entry.name
+
+    def get(self) -> Any:
+        """Load the stored result.
+
+        Raises
+        ------
+        KeyError
+            If the entry was cleared or is damaged.
+        """
+        store = LocalStore(self.location)
+        try:
+            meta = store.read_meta(self.entry)
+            if meta is None:
+                raise persistence.EntryDamaged("the entry does not exist")
+            return persistence.load(self.entry, meta, self.mmap_mode,
+                                    self.trust_foreign_pickles)
+        except (persistence.EntryDamaged, ValueError, KeyError) as exc:
+            raise KeyError(
+                f"no stored result of {self.func_name} in {self.entry}: {exc}"
+            ) from None
+
+    def clear(self) -> None:
+        """Delete the stored result."""
+        LocalStore(self.location).delete(self.entry)
+
+    def __repr__(self) -> str:
+        return f"MemorizedResult(location={self.location!r}, func={self.func_name!r}, " \
+               f"args_id={self.args_id!r})"
+
+
+class NotMemorizedResult:
+    """The result of ``call_and_shelve`` when caching is off: holds the value itself."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.valid = True
+
+    def get(self) -> Any:
+        """Return the value (KeyError once cleared)."""
+        if not self.valid:
+            raise KeyError("no value: the result was cleared")
+        return self.value
+
+    def clear(self) -> None:
+        """Forget the value."""
+        self.valid = False
+        self.value = None
+
+    def __repr__(self) -> str:
+        return f"NotMemorizedResult({self.value!r})" if self.valid else "NotMemorizedResult()"
+
+
+class NotMemorizedFunc:
+    """The function itself, with the memorized-function surface: no caching."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def call(self, *args: Any, **kwargs: Any) -> tuple[Any, dict]:
+        """Run the function; return ``(output, {})``."""
+        return self.func(*args, **kwargs), {}
+
+    def call_and_shelve(self, *args: Any, **kwargs: Any) -> NotMemorizedResult:
+        """Run the function; return its value wrapped like a stored result."""
+        return NotMemorizedResult(self.func(*args, **kwargs))
+
+    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+        """Always False: nothing is cached."""
+        return False
+
+    def clear(self, warn: bool = True) -> None:
+        """Nothing to clear."""
+
+    def __repr__(self) -> str:
+        return f"NotMemorizedFunc(func={self.func!r})"
+
+
+class MemorizedFunc:
+    """A function whose results are cached on disk; made by :meth:`Memory.cache`.
+
+    Calling it returns the cached result for these arguments, or computes, stores
+    and returns it.  A cache problem (damaged entry, full disk, read-only folder)
+    warns and computes: the call always returns the function's value.
+    """
+
+    def __init__(
+        self,
+        func: Callable,
+        location: str,
+        ignore: Iterable[str] | None = None,
+        mmap_mode: str | None = None,
+        compress: Any = False,
+        verbose: int = 1,
+        cache_validation_callback: Callable[[dict], bool] | None = None,
+        lock_timeout: float | None = 600.0,
+        trust_foreign_pickles: bool = False,
+    ) -> None:
+        check_mmap_mode(mmap_mode)
+        self.func = func
+        self.location = location
+        self.ignore = list(ignore or ())
+        self.mmap_mode = mmap_mode
+        self.compress = compress
+        self.compression: Compression | None = parse_compress(compress)
+        self.verbose = verbose
+        self.cache_validation_callback = cache_validation_callback
+        self.lock_timeout = lock_timeout
+        self.trust_foreign_pickles = trust_foreign_pickles
+        self.info = FunctionInfo(func, self.ignore)
+        self._store: LocalStore | None = None
+        self._code_recorded = False
+        self._warned_compressed_mmap = False
+        functools.update_wrapper(self, func)
+
+    def __reduce__(self) -> tuple:
+        return (
+            MemorizedFunc,
+            (self.func, self.location, self.ignore, self.mmap_mode, self.compress,
+             self.verbose, self.cache_validation_callback, self.lock_timeout,
+             self.trust_foreign_pickles),
+        )
+
+    def __repr__(self) -> str:
+        return f"MemorizedFunc(func={self.info.name}, location={self.location!r})"
+
+    @property
+    def func_id(self) -> str:
+        """``module/qualname`` of the function's folder."""
+        return "/".join(self.info.folder)
+
+    # --- the pieces of a call --------------------------------------------------------------
+
+    @property
+    def store(self) -> LocalStore | None:
+        """The store, or None when the location cannot be used (warns at each call)."""
+        if self._store is None:
+            try:
+                self._store = LocalStore(self.location)
+            except OSError as exc:
+                warnings.warn(
+                    f"cannot use cache location {self.location!r} ({exc}); "
+                    f"{self.info.name} runs without caching",
+                    CacheWarning, stacklevel=4,
+                )
+                return None
+        return self._store
+
+    def _key(self, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any]]:
+        arguments = self.info.bind(args, kwargs)
+        try:
+            return hash_obj((self.info.code_digest, arguments)), arguments
+        except (TypeError, ValueError) as exc:
+            for name, value in arguments.items():
+                try:
+                    hash_obj(value)
+                except (TypeError, ValueError) as arg_exc:
+                    raise UnhashableArgumentError(
+                        f"argument {name!r} of {self.info.name}() cannot be hashed into a "
+                        f"cache key: {arg_exc}. Pass it in `ignore=` if it does not change "
+                        f"the result."
+                    ) from None
+            raise UnhashableArgumentError(f"cannot hash the arguments: {exc}") from None
+
+    def _entry(self, args: tuple, kwargs: dict) -> tuple[Path | None, dict[str, Any]]:
+        key, arguments = self._key(args, kwargs)
+        store = self.store
+        if store is None:
+            return None, arguments
+        return store.entry_dir(self.info.folder, key), arguments
+
+    def _load(self, entry: Path) -> tuple[Any, dict | None, bool]:
+        """Return (result or _MISS, metadata, damaged)."""
+        store = self.store
+        try:
+            meta = store.read_meta(entry)
+        except (ValueError, KeyError, OSError) as exc:
+            self._warn_damaged(entry, exc)
+            return _MISS, None, True
+        if meta is None:
+            return _MISS, None, False
+        if self.cache_validation_callback is not None and not self.cache_validation_callback(
+            self._metadata(meta)
+        ):
+            return _MISS, meta, True
+        mmap_mode = self.mmap_mode
+        if mmap_mode is not None and any(a["codec"] for a in meta["arrays"].values()):
+            self._warn_compressed_mmap()
+            mmap_mode = None
+        t0 = time.perf_counter()
+        try:
+            result = persistence.load(entry, meta, mmap_mode, self.trust_foreign_pickles)
+        except persistence.UntrustedEntry as exc:
+            warnings.warn(
+                f"cache entry {entry} of {self.info.name} is not loaded: {exc}; recomputing "
+                f"(pass trust_foreign_pickles=True to Memory to load it)",
+                UntrustedEntryWarning, stacklevel=4,
+            )
+            return _MISS, meta, True
+        except persistence.EntryDamaged as exc:
+            self._warn_damaged(entry, exc)
+            return _MISS, meta, True
+        store.touch(entry)
+        if self.verbose > 4:
+            print(f"[Memory]{_format_duration(time.perf_counter() - t0)}   : "
+                  f"Loading {self.info.qualname} from {entry}")
+        return result, meta, False
+
+    def _warn_damaged(self, entry: Path, exc: BaseException) -> None:
+        warnings.warn(
+            f"cache entry {entry} of {self.info.name} is damaged ({exc}); recomputing",
+            DamagedEntryWarning, stacklevel=5,
+        )
+
+    def _warn_compressed_mmap(self) -> None:
+        if not self._warned_compressed_mmap:
+            self._warned_compressed_mmap = True
+            warnings.warn(
+                f"{self.info.name}: compressed results cannot be memory-mapped; "
+                f"mmap_mode={self.mmap_mode!r} loads them into memory",
+                UserWarning, stacklevel=5,
+            )
+
+    @staticmethod
+    def _metadata(meta: dict) -> dict:
+        return {"duration": meta.get("duration"), "time": meta.get("created"),
+                "input_args": meta.get("args", {})}
+
+    def _wait_for_other_writer(self, entry: Path) -> Any:
+        """Take the compute lock, or wait for the holder's result.
+
+        Returns (lock or None, result or _MISS).
+        """
+        store = self.store
+        if self.lock_timeout is None:
+            return None, _MISS
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.01
+        while True:
+            try:
+                lock = store.try_lock(entry)
+            except OSError:
+                return None, _MISS  # e.g. a read-only location: just compute
+            if lock is not None:
+                return lock, _MISS
+            if time.monotonic() > deadline:
+                return None, _MISS  # give up waiting: compute ourselves
+            time.sleep(pause)
+            pause = min(pause * 2, _LOCK_POLL_MAX)
+            result, _, _ = self._load(entry)
+            if result is not _MISS:
+                return None, result
+
+    def _compute_and_store(
+        self, entry: Path | None, arguments: dict, args: tuple, kwargs: dict, replace: bool
+    ) -> tuple[Any, dict]:
+        if self.verbose > 0:
+            print("_" * 80)
+            print(f"[Memory] Calling {self.info.name}...")
+            print(_format_call(self.info.qualname, arguments))
+        start = time.time()
+        t0 = time.perf_counter()
+        output = self.func(*args, **kwargs)
+        duration = time.perf_counter() - t0
+        if self.verbose > 0:
+            tail = f"{self.info.qualname} - {_format_duration(duration)}"
+            print(tail.rjust(80, "_"))
+        metadata = {"duration": duration, "time": start,
+                    "input_args": {k: _short_repr(v) for k, v in arguments.items()}}
+        if entry is None:
+            return output, metadata
+        store = self.store
+        tmp = None
+        try:
+            store.record_code(self.info.folder, self.info.name, self.info.code_digest)
+            tmp = store.new_entry(entry)
+            meta = persistence.dump(output, tmp, self.compression)
+            meta.update(function=self.info.name, code=self.info.code_digest,
+                        args=metadata["input_args"], created=start, duration=duration)
+            store.publish(tmp, entry, meta, replace=replace)
+        except BaseException as exc:
+            if tmp is not None:
+                store.discard(tmp)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt: nothing half-written stays behind
+            warnings.warn(
+                f"the result of {self.info.name} could not be cached "
+                f"({type(exc).__name__}: {exc}); it is returned without caching",
+                UnstorableResultWarning, stacklevel=4,
+            )
+            return output, metadata
+        if self.mmap_mode is not None:
+            # Like joblib: the first call returns what later hits return (memmaps).
+            stored, _, _ = self._load(entry)
+            if stored is not _MISS:
+                output = stored
+        return output, metadata
+
+    def _cached_call(self, args: tuple, kwargs: dict, force: bool = False) -> tuple[Any, dict]:
+        entry, arguments = self._entry(args, kwargs)
+        if entry is None:
+            return self._compute_and_store(None, arguments, args, kwargs, False)
+        damaged = force
+        if not force:
+            result, meta, damaged = self._load(entry)
+            if result is not _MISS:
+                return result, self._metadata(meta)
+        lock, result = (None, _MISS) if force else self._wait_for_other_writer(entry)
+        if result is not _MISS:
+            return result, {}
+        try:
+            if lock is not None and not damaged:
+                # Another process may have published while we waited for the lock.
+                result, meta, damaged = self._load(entry)
+                if result is not _MISS:
+                    return result, self._metadata(meta)
+            return self._compute_and_store(entry, arguments, args, kwargs, replace=damaged)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    # --- public surface --------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._cached_call(args, kwargs)[0]
+
+    def call(self, *args: Any, **kwargs: Any) -> tuple[Any, dict]:
+        """Run the function even if cached, store the result and return it.
+
+        Returns
+        -------
+        output : object
+            The function's return value.
+        metadata : dict
+            ``duration`` (seconds), ``time`` (start, seconds since the epoch) and
+            ``input_args`` (short reprs).
+        """
+        return self._cached_call(args, kwargs, force=True)
+
+    def call_and_shelve(self, *args: Any, **kwargs: Any) -> MemorizedResult | NotMemorizedResult:
+        """Compute the result if needed and return a reference to it, not the value.
+
+        Returns
+        -------
+        MemorizedResult
+            Call ``.get()`` to load the value and ``.clear()`` to delete it.
+        """
+        entry, _ = self._entry(args, kwargs)
+        if entry is None:
+            return NotMemorizedResult(self.func(*args, **kwargs))
+        if not self._in_cache(entry):
+            self._cached_call(args, kwargs)
+        if not self._in_cache(entry):  # could not be stored: keep the value itself
+            return NotMemorizedResult(self.func(*args, **kwargs))
+        return MemorizedResult(self.location, entry, self.info.name, self.mmap_mode,
+                               self.verbose, self.trust_foreign_pickles)
+
+    def _in_cache(self, entry: Path) -> bool:
+        try:
+            meta = self.store.read_meta(entry)
+        except (ValueError, KeyError, OSError):
+            return False
+        if meta is None:
+            return False
+        return self.cache_validation_callback is None or bool(
+            self.cache_validation_callback(self._metadata(meta))
+        )
+
+    def check_call_in_cache(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether the result of this call is in the cache (the function is not run)."""
+        entry, _ = self._entry(args, kwargs)
+        return entry is not None and self._in_cache(entry)
+
+    def clear(self, warn: bool = True) -> None:
+        """Delete every cached result of this function."""
+        store = self.store
+        if store is None:
+            return
+        if warn and self.verbose > 0:
+            print(f"[Memory] Clearing function cache of {self.info.name}")
+        store.clear(self.info.folder)

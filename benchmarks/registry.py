@@ -1,0 +1,13 @@
+"""All workloads by name, in the order they run and print."""
+
+from __future__ import annotations
+
+from .common import Workload
+
+
+def workloads() -> dict[str, Workload]:
+    """Name -> Workload: references first, then storage, hashing, parallel."""
+    from . import hashing, parallel, reference, storage
+
+    ordered = [*reference.WORKLOADS, *storage.WORKLOADS, *hashing.WORKLOADS, *parallel.WORKLOADS]
+    return {w.name: w for w in ordered}

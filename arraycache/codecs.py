@@ -11,9 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numcodecs
-from zarr.codecs import BloscCodec, BloscShuffle, GzipCodec
-
 __all__ = ["Compression", "parse_compress"]
 
 _BLOSC_NAMES = {"zstd", "lz4", "lz4hc", "blosclz", "zlib"}
@@ -30,8 +27,10 @@ class Compression:
     level: int
     """Compression level, 1-9."""
 
-    def numcodecs_codec(self, itemsize: int) -> numcodecs.abc.Codec:
+    def numcodecs_codec(self, itemsize: int) -> Any:
         """The numcodecs codec that writes chunks readable through :meth:`zarr_codec`."""
+        import numcodecs  # lazy, like zarr: only compressed entries need it
+
         if self.name == "gzip":
             return numcodecs.GZip(self.level)
         shuffle = numcodecs.Blosc.SHUFFLE if itemsize > 1 else numcodecs.Blosc.NOSHUFFLE
@@ -39,6 +38,8 @@ class Compression:
 
     def zarr_codec(self, itemsize: int) -> Any:
         """The zarr v3 bytes-to-bytes codec that goes in the array metadata."""
+        from zarr.codecs import BloscCodec, BloscShuffle, GzipCodec
+
         if self.name == "gzip":
             return GzipCodec(level=self.level)
         shuffle = BloscShuffle.shuffle if itemsize > 1 else BloscShuffle.noshuffle

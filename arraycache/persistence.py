@@ -29,10 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 from xxhash import xxh3_128_digest
-from zarr.codecs import BytesCodec, TransposeCodec
-from zarr.storage import LocalStore
 
 from .codecs import Compression
 from .hashing import BLOCK_SIZE, block_digests, combine_digests, remember_digest
@@ -102,6 +99,11 @@ def _create_zarr_metadata(
     compression: Compression | None,
 ) -> None:
     """Write the array's ``zarr.json`` through zarr itself, so it is valid zarr v3."""
+    # zarr takes ~0.1 s to import: only writers pay it, not hits nor parallel workers.
+    import zarr
+    from zarr.codecs import BytesCodec, TransposeCodec
+    from zarr.storage import LocalStore
+
     filters = [TransposeCodec(order=tuple(reversed(range(arr.ndim))))] if order == "F" else None
     endian = "big" if arr.dtype.byteorder == ">" else "little"
     compressors = [compression.zarr_codec(arr.dtype.itemsize)] if compression else None

@@ -223,6 +223,10 @@ def _array_token(digest: str) -> None:
     """Stands for an array in the pickle stream (never called)."""
 
 
+def _class_token(module: str, qualname: str) -> None:
+    """Stands for a class that cannot be pickled by reference (never called)."""
+
+
 def _code_token(
     module: str | None, qualname: str, code_bytes: bytes, consts: tuple, names: tuple, extra: str
 ) -> None:
@@ -381,6 +385,8 @@ class _Hasher(pickle.Pickler):
             return _code_token, (
                 obj.__module__, obj.__qualname__, *code_fingerprint(obj.__code__), extra
             )
+        if isinstance(obj, type) and _not_importable(obj):
+            return _class_token, (obj.__module__, obj.__qualname__)  # local classes, like joblib
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
             return NotImplemented  # by qualified name
         if isinstance(obj, (np.generic, np.dtype)):
@@ -409,7 +415,8 @@ def _lookup(module: str, qualname: str) -> Any:
     return obj
 
 
-def _not_importable(func: types.FunctionType) -> bool:
+def _not_importable(func: Any) -> bool:
+    """Whether pickle cannot find ``func`` (a function or class) by its qualified name."""
     if "<" in func.__qualname__ or func.__module__ in (None, "__main__"):
         return True
     try:

@@ -359,7 +359,9 @@ class MemorizedFunc:
         store = self.store
         tmp = None
         try:
-            store.record_code(self.info.folder, self.info.name, self.info.code_digest)
+            if not self._code_recorded:  # code.json is for `info` and eviction: once is enough
+                store.record_code(self.info.folder, self.info.name, self.info.code_digest)
+                self._code_recorded = True
             tmp = store.new_entry(entry)
             meta = persistence.dump(output, tmp, self.compression)
             meta.update(function=self.info.name, code=self.info.code_digest,

@@ -38,6 +38,7 @@ _META = "zarr.json"
 _TMP = ".tmp-"
 _TRASH = ".trash-"
 _LOCK = ".lock"
+_TOUCH_EVERY = 60.0  # seconds
 _HOST = socket.gethostname()
 
 
@@ -194,9 +195,16 @@ class LocalStore:
         shutil.rmtree(tmp, ignore_errors=True)
 
     def touch(self, entry: Path) -> None:
-        """Record a hit: the mtime of the entry's ``zarr.json`` is its last access."""
+        """Record a hit: the mtime of the entry's ``zarr.json`` is its last access.
+
+        Skipped when the mtime is under a minute old: eviction needs no finer clock,
+        and a metadata write right after a big store can wait on the journal for a
+        millisecond or more, which is the whole cost of a memory-mapped hit.
+        """
+        path = entry / _META
         with contextlib.suppress(OSError):
-            os.utime(entry / _META)
+            if time.time() - os.stat(path).st_mtime > _TOUCH_EVERY:
+                os.utime(path)
 
     def delete(self, entry: Path) -> None:
         """Remove an entry: renamed away first, so readers never see half of it."""

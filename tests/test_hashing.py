@@ -724,3 +724,24 @@ def test_chained_cached_steps_do_not_rehash_the_intermediate(
     np.testing.assert_array_equal(s2(step1(n)), out)
     assert CALLS == {"step1": 2, "step2": 1}
     assert sum(sizes) >= nbytes
+
+
+def _local_class(name):
+    class Local:
+        def __init__(self, value):
+            self.value = value
+
+    class Other:
+        def __init__(self, value):
+            self.value = value
+
+    return Local if name == "Local" else Other
+
+
+def test_local_classes_and_their_instances_hash_by_name_and_state():
+    local, other = _local_class("Local"), _local_class("Other")
+    assert hash(local) == hash(_local_class("Local"))
+    assert hash(local) != hash(other)
+    assert hash(local(1)) == hash(_local_class("Local")(1))
+    assert hash(local(1)) != hash(local(2))
+    assert hash(local(1)) != hash(other(1))

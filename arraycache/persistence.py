@@ -284,7 +284,9 @@ def read_array(
     if size != spec["nbytes"]:
         raise EntryDamaged(f"array {name!r} holds {size} bytes, expected {spec['nbytes']}")
     if mmap_mode is not None:
-        arr = np.memmap(str(path), dtype=dtype, mode=mmap_mode, shape=shape, order=order)
+        # 'w+' would create the file anew, zeroing the cached data: map it 'r+' (as joblib).
+        mode = "r+" if mmap_mode == "w+" else mmap_mode
+        arr = np.memmap(str(path), dtype=dtype, mode=mode, shape=shape, order=order)
         if mmap_mode == "r":
             remember_digest(arr, spec["digest"])
         return arr

@@ -177,6 +177,10 @@ def test_mmap_modes(location, order):
     shared = memory.cache(produce.func, mmap_mode="r+")()
     assert isinstance(shared, np.memmap) and shared.flags.writeable
 
+    # 'w+' must not recreate (zero) the stored file: it maps like 'r+', as in joblib.
+    w_plus = memory.cache(produce.func, mmap_mode="w+")()
+    np.testing.assert_array_equal(w_plus, original)
+
 
 def test_memmap_maps_the_stored_chunk_file(location):
     memory = arraycache.Memory(location, mmap_mode="r", verbose=0)

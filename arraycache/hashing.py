@@ -33,12 +33,22 @@ from typing import Any
 import numpy as np
 import xxhash
 
-__all__ = ["BLOCK_SIZE", "array_digest", "block_digests", "hash", "remember_digest"]
+__all__ = [
+    "BLOCK_SIZE",
+    "array_digest",
+    "block_digest",
+    "block_digests",
+    "combine_digests",
+    "hash",
+    "remember_digest",
+]
 
 #: Arrays are hashed in blocks of this many bytes (of their memory-order bytes).
 BLOCK_SIZE = 4 << 20
 
-_digest = xxhash.xxh3_128_digest
+#: Digest of one block of bytes; persistence checks stored files block by block with it.
+block_digest = xxhash.xxh3_128_digest
+_digest = block_digest
 
 
 # --- array digests ---------------------------------------------------------------------------

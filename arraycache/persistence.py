@@ -29,10 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xxhash import xxh3_128_digest
 
 from .codecs import Compression
-from .hashing import BLOCK_SIZE, block_digests, combine_digests, remember_digest
+from .hashing import (
+    BLOCK_SIZE,
+    block_digest,
+    block_digests,
+    combine_digests,
+    remember_digest,
+)
 
 __all__ = ["EntryDamaged", "UntrustedEntry", "dump", "load", "verify"]
 
@@ -309,7 +314,7 @@ def _read_and_check(path: Path, arr: np.ndarray, spec: dict[str, Any], name: str
             block = data[start : start + BLOCK_SIZE]
             if f.readinto(block) != block.size:
                 raise EntryDamaged(f"array {name!r} ends early")
-            if xxh3_128_digest(block).hex() != expected[index]:
+            if block_digest(block).hex() != expected[index]:
                 raise EntryDamaged(f"block {index} of array {name!r} does not match its digest")
 
 

@@ -252,7 +252,7 @@ def test_lambdas_and_nested_functions(memory):
     assert square.check_call_in_cache(3)
 
 
-def test_functions_in_main_and_in_notebook_cells_survive_restarts(tmp_path):
+def test_functions_in_notebook_cells_survive_restarts_and_run_in_workers(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     location = tmp_path / "cache"
@@ -265,6 +265,9 @@ def test_functions_in_main_and_in_notebook_cells_survive_restarts(tmp_path):
         f"    open({str(counter)!r}, 'a').write('x')\n"
         "    return np.arange(n) ** 2",
         "out = features(100)\nprint(type(out).__name__, int(out.sum()))",
+        # A function defined in a cell runs in loky worker processes.
+        "def cube(x):\n    return x ** 3\n"
+        "print(arraycache.Parallel(n_jobs=2)(arraycache.delayed(cube)(i) for i in range(4)))",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     outputs = []
@@ -272,8 +275,9 @@ def test_functions_in_main_and_in_notebook_cells_survive_restarts(tmp_path):
         executed = nbclient.NotebookClient(
             nbformat.from_dict(notebook), timeout=120, kernel_name="python3"
         ).execute()
-        outputs.append(executed.cells[-1].outputs[0]["text"])
-    assert outputs[0] == outputs[1] == f"memmap {int((np.arange(100) ** 2).sum())}\n"
+        outputs.append([cell.outputs[0]["text"] for cell in executed.cells[2:]])
+    expected = [f"memmap {int((np.arange(100) ** 2).sum())}\n", "[0, 1, 8, 27]\n"]
+    assert outputs[0] == outputs[1] == expected
     assert counter.read_text() == "x"
 
 

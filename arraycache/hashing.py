@@ -21,6 +21,7 @@ import collections
 import copyreg
 import functools
 import io
+import math
 import os
 import pickle
 import threading
@@ -77,7 +78,7 @@ def _contiguous_pieces(arr: np.ndarray, target: int, order: str = "C") -> Iterat
         for start in range(0, len(flat), target):
             yield flat[start : start + target]
         return
-    row_bytes = arr[0].nbytes if arr.shape[0] else 0
+    row_bytes = arr.itemsize * math.prod(arr.shape[1:])  # not arr[0].nbytes: 'S' items strip
     if arr.ndim > 1 and row_bytes > target:
         # Each row in C order: a row may be F-contiguous (e.g. of a transposed
         # view) and must then be copied, not read in its own memory order.

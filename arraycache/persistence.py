@@ -10,9 +10,11 @@ An entry folder is a zarr group.  Each ndarray of the result becomes a zarr arra
   reference, and the pickle bytes kept as the uint8 zarr array ``skeleton`` (so
   the entry holds nothing but zarr nodes and ``zarr.open_group`` lists it cleanly).
 
-Uncompressed arrays are one zarr chunk covering the whole array, written by us in
-the array's memory order (a transpose codec records F order), so the chunk file
-holds exactly the array's bytes from offset 0 and maps as an ``np.memmap``.
+Uncompressed arrays are one zarr shard covering the whole array, written by us in
+the array's memory order (a transpose codec records F order), with inner chunks
+that are slabs of the leading memory axis: the shard file starts with exactly the
+array's bytes, so it maps as an ``np.memmap`` at offset 0, and zarr or dask can
+still read one slab without reading the rest.
 Compressed arrays are chunked along their leading memory axis and encoded in
 threads.  Reads go straight to the chunk files: zarr is the format and the interop,
 not the hot path (``zarr.open_array`` alone costs ~0.4 ms).
@@ -21,6 +23,8 @@ not the hot path (``zarr.open_array`` alone costs ~0.4 ms).
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
 import pickle
 import warnings
@@ -101,7 +105,7 @@ def _chunk_path(array_dir: Path, chunk_index: tuple[int, ...]) -> Path:
 
 def _create_zarr_metadata(
     entry_dir: Path, name: str, arr: np.ndarray, order: str, chunks: tuple[int, ...],
-    compression: Compression | None,
+    compression: Compression | None, shards: tuple[int, ...] | None = None,
 ) -> None:
     """Write the array's ``zarr.json`` through zarr itself, so it is valid zarr v3."""
     # zarr takes ~0.1 s to import: only writers pay it, not hits nor parallel workers.
@@ -114,7 +118,7 @@ def _create_zarr_metadata(
     compressors = [compression.zarr_codec(arr.dtype.itemsize)] if compression else None
     kwargs: dict[str, Any] = dict(
         shape=arr.shape, chunks=tuple(max(1, c) for c in chunks), filters=filters,
-        compressors=compressors, fill_value=None,
+        shards=shards, compressors=compressors, fill_value=None,
         config={"write_empty_chunks": True}, overwrite=True,
     )
     with warnings.catch_warnings():
@@ -160,7 +164,7 @@ def _raw_pieces(view: np.ndarray) -> Any:
     if view.ndim == 0:
         yield view.tobytes()
         return
-    rows = max(1, _WRITE_PIECE_BYTES // max(1, view[0].nbytes))
+    rows = max(1, _WRITE_PIECE_BYTES // max(1, _row_nbytes(view)))
     for start in range(0, view.shape[0], rows):
         yield np.ascontiguousarray(view[start : start + rows]).tobytes()
 
@@ -185,9 +189,48 @@ def _forget_pool_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
+def _row_nbytes(view: np.ndarray) -> int:
+    """Bytes of one leading-axis row (``view[0].nbytes`` is wrong for 'S' items: numpy
+    strips their trailing NULs when it returns a scalar)."""
+    return view.itemsize * math.prod(view.shape[1:])
+
+
 def _slab_rows(view: np.ndarray) -> int:
-    row_bytes = view[0].nbytes if view.ndim and view.shape[0] else view.nbytes
-    return max(1, _COMPRESSED_CHUNK_BYTES // max(1, row_bytes))
+    return max(1, _COMPRESSED_CHUNK_BYTES // max(1, _row_nbytes(view)))
+
+
+def _write_raw(entry_dir: Path, name: str, arr: np.ndarray, view: np.ndarray, order: str) -> int:
+    """Write ``arr`` uncompressed as one zarr shard; return the size of its file.
+
+    The shard's inner chunks are slabs of the leading memory axis, so the file starts
+    with the array's exact bytes in memory order (an ``np.memmap`` maps it at offset
+    0), followed by the padding of the last slab and the shard index with its crc32c;
+    zarr and dask can still read any slab without reading the rest.
+    """
+    path = _chunk_path(entry_dir / name, (0,) * arr.ndim)
+    # No shard for 0-d and empty arrays (one plain chunk, or none), nor for records:
+    # zarr 3.1 cannot read a sharded array whose fill value is a numpy void scalar.
+    if arr.ndim == 0 or arr.size == 0 or arr.dtype.kind == "V":
+        _create_zarr_metadata(entry_dir, name, arr, order, arr.shape, None)
+        if arr.size:
+            _write_file(path, _raw_pieces(view))
+        return arr.nbytes
+    import google_crc32c  # a zarr dependency: zarr checks shard indexes with it
+
+    rows = min(_slab_rows(view), view.shape[0])
+    n_inner = -(-view.shape[0] // rows)
+    inner, shard = (rows, *view.shape[1:]), (rows * n_inner, *view.shape[1:])
+    if order == "F":
+        inner, shard = inner[::-1], shard[::-1]
+    _create_zarr_metadata(entry_dir, name, arr, order, inner, None, shards=shard)
+    slab_nbytes = rows * _row_nbytes(view)
+    index = np.empty((n_inner, 2), dtype="<u8")
+    index[:, 0] = np.arange(n_inner, dtype="<u8") * slab_nbytes  # offsets
+    index[:, 1] = slab_nbytes  # lengths
+    padding = bytes(n_inner * slab_nbytes - arr.nbytes)
+    crc = np.uint32(google_crc32c.value(index.tobytes())).astype("<u4").tobytes()
+    _write_file(path, itertools.chain(_raw_pieces(view), [padding, index.tobytes(), crc]))
+    return n_inner * slab_nbytes + index.nbytes + len(crc)
 
 
 def write_array(
@@ -203,10 +246,7 @@ def write_array(
     }
     array_dir = entry_dir / name
     if compression is None or arr.ndim == 0:
-        chunks = arr.shape
-        _create_zarr_metadata(entry_dir, name, arr, order, chunks, None)
-        if arr.size:
-            _write_file(_chunk_path(array_dir, (0,) * arr.ndim), _raw_pieces(view))
+        spec["file_nbytes"] = _write_raw(entry_dir, name, arr, view, order)
         return spec
 
     rows = _slab_rows(view)
@@ -286,8 +326,9 @@ def read_array(
         size = path.stat().st_size
     except OSError as exc:
         raise EntryDamaged(f"array {name!r} has no data file: {exc}") from exc
-    if size != spec["nbytes"]:
-        raise EntryDamaged(f"array {name!r} holds {size} bytes, expected {spec['nbytes']}")
+    expected = spec.get("file_nbytes", spec["nbytes"])
+    if size != expected:
+        raise EntryDamaged(f"array {name!r} has a file of {size} bytes, expected {expected}")
     if mmap_mode is not None:
         # 'w+' would create the file anew, zeroing the cached data: map it 'r+' (as joblib).
         mode = "r+" if mmap_mode == "w+" else mmap_mode

@@ -367,3 +367,14 @@ def test_temp_dir_is_used_when_shm_has_no_room(monkeypatch):
     assert os.path.dirname(os.path.dirname(row[1])) == tempfile.gettempdir()
     assert os.path.basename(os.path.dirname(row[1])).startswith(f"{PREFIX}{os.getpid()}-")
     del data
+
+
+def first_item(arr):
+    return arr.flat[0], arr.dtype, arr.shape
+
+
+def test_non_contiguous_datetime_arrays_are_written_and_shared():
+    # memoryview() refuses datetime64 buffers: the writer must go through bytes.
+    stamps = np.arange(400_000).astype("M8[s]").reshape(2000, 200)[:, ::2]
+    out = Parallel(n_jobs=2, max_nbytes=1000)(delayed(first_item)(stamps) for _ in range(2))
+    assert out == [(stamps.flat[0], stamps.dtype, stamps.shape)] * 2

@@ -189,8 +189,26 @@ def test_memmap_maps_the_stored_chunk_file(location):
     assert isinstance(got, np.memmap)  # the first (computing) call already maps
     entry = next(p.parent for p in location.rglob("zarr.json") if (p.parent / "a0").is_dir())
     raw = (entry / "a0" / "c" / "0").read_bytes()
-    assert raw == np.arange(1000, dtype=np.float64).tobytes()
-    assert got.filename == str(entry / "a0" / "c" / "0")
+    # One zarr shard: the array's bytes from offset 0, then the shard index.
+    assert raw[: got.nbytes] == np.arange(1000, dtype=np.float64).tobytes()
+    assert got.filename == str(entry / "a0" / "c" / "0") and got.offset == 0
+    stored = zarr.open_array(entry / "a0", mode="r")
+    assert stored.shards == (1000,)
+    np.testing.assert_array_equal(stored[10:20], np.arange(10.0, 20.0))
+
+
+def test_raw_shards_let_zarr_read_one_slab(location):
+    big = np.asfortranarray(rng.random((50, 30_000)))  # 12 MB: several 4 MiB inner chunks
+    produce = arraycache.Memory(location, verbose=0).cache(lambda: big)
+    produce()
+    entry = next(p.parent for p in location.rglob("zarr.json") if (p.parent / "a0").is_dir())
+    stored = zarr.open_array(entry / "a0", mode="r")
+    assert stored.chunks[-1] < big.shape[-1]  # inner chunks split the contiguous axis
+    np.testing.assert_array_equal(stored[:, 12_345:12_400], big[:, 12_345:12_400])
+    mapped = arraycache.Memory(location, mmap_mode="r", verbose=0).cache(produce.func)()
+    assert isinstance(mapped, np.memmap) and mapped.flags.f_contiguous
+    np.testing.assert_array_equal(mapped, big)
+    assert len(list(location.rglob("a0"))) == 1  # the mapped call was a hit
 
 
 def test_compressed_entries_are_zarr_readable_and_smaller(location):

@@ -17,6 +17,7 @@ Two kinds of references, built by :class:`CallSharing` (caller side) and
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 import threading
@@ -182,9 +183,11 @@ def _write_array(arr: np.ndarray, path: str) -> str:
             if flat.flags.c_contiguous:
                 f.write(memoryview(flat.reshape(-1).view(np.uint8)))
             else:
-                rows = max(1, _WRITE_CHUNK // max(1, flat[0].nbytes)) if flat.ndim else 1
+                row_nbytes = flat.itemsize * math.prod(flat.shape[1:])
+                rows = max(1, _WRITE_CHUNK // max(1, row_nbytes)) if flat.ndim else 1
                 for i in range(0, flat.shape[0], rows):
-                    f.write(memoryview(np.ascontiguousarray(flat[i : i + rows])).cast("B"))
+                    slab = np.ascontiguousarray(flat[i : i + rows])
+                    f.write(memoryview(slab.reshape(-1).view(np.uint8)))
     except BaseException:
         os.close(fd)
         os.unlink(tmp)

@@ -261,3 +261,14 @@ def test_bad_compress_values_are_rejected(location, bad):
         arraycache.Memory(location, compress=bad)
     with pytest.raises(TypeError):
         arraycache.Memory(location, compress=[1, 2, 3])
+
+
+def test_entries_read_with_dask_by_slab(location):
+    da = pytest.importorskip("dask.array")
+    big = rng.random((40_000, 50))  # 16 MB: four 4 MiB slabs
+    memory = arraycache.Memory(location, verbose=0)
+    memory.cache(lambda: {"features": big, "n": 40_000})()
+    entry = next(p.parent for p in location.rglob("zarr.json") if (p.parent / "a0").is_dir())
+    lazy = da.from_zarr(str(entry / "a0"))
+    assert lazy.numblocks[0] > 1  # one dask chunk per inner chunk, not one 16 MB block
+    np.testing.assert_allclose(lazy.sum(axis=0).compute(), big.sum(axis=0))

@@ -87,6 +87,9 @@ class FunctionInfo:
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
+        if inspect.ismethod(self.func):
+            # The instance is an argument too (as in joblib): two objects, two results.
+            arguments = {"__self__": self.func.__self__, **arguments}
         for name, param in self.signature.parameters.items():
             if param.kind is param.VAR_KEYWORD and name in arguments:
                 # **kwargs are matched by name like the other keywords.

@@ -318,3 +318,18 @@ def test_bad_constructor_arguments(location):
         arraycache.Memory(location, backend="s3-please")
     with pytest.raises(TypeError, match="location"):
         arraycache.Memory(42)
+
+
+class Scaler:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def apply(self, x):
+        return x * self.factor
+
+
+def test_bound_methods_include_their_instance_in_the_key(memory):
+    double, triple = memory.cache(Scaler(2).apply), memory.cache(Scaler(3).apply)
+    assert double(5) == 10
+    assert triple(5) == 15  # not double's cached 10
+    assert memory.cache(Scaler(2).apply).check_call_in_cache(5)  # an equal instance hits

@@ -136,17 +136,43 @@ def block_digests(arr: np.ndarray) -> list[bytes]:
     """
     if arr.nbytes <= 2 * BLOCK_SIZE:
         return [_digest(block) for block in _blocks(arr)]
-    # A bounded window of blocks in flight: the copying path of non-contiguous
-    # arrays then holds a few blocks in memory, never the whole array.
+    rows = _aligned_slab_rows(arr)
+    if rows:
+        # Slabs that hold whole blocks are copied and hashed in the threads: the copy,
+        # not the hash, is what costs for a strided view.
+        starts = range(0, arr.shape[0], rows)
+        return [d for part in _bounded_map(_slab_digests, ((arr, s, rows) for s in starts))
+                for d in part]
+    return _bounded_map(_digest, _blocks(arr))
+
+
+def _aligned_slab_rows(arr: np.ndarray) -> int:
+    """Rows of a slab of a non-contiguous array that is a whole number of blocks (0: none)."""
+    if arr.flags.c_contiguous or arr.flags.f_contiguous or arr.ndim == 0:
+        return 0
+    row = arr.itemsize * math.prod(arr.shape[1:])
+    span = math.lcm(row, BLOCK_SIZE) if row else 0
+    return span // row if 0 < span <= 4 * BLOCK_SIZE else 0
+
+
+def _slab_digests(job: tuple[np.ndarray, int, int]) -> list[bytes]:
+    arr, start, rows = job
+    data = np.ascontiguousarray(arr[start : start + rows]).reshape(-1).view(np.uint8)
+    return [_digest(data[i : i + BLOCK_SIZE]) for i in range(0, data.size, BLOCK_SIZE)]
+
+
+def _bounded_map(func: Any, items: Any, window: int = 8) -> list:
+    """``pool.map`` with at most ``window`` items in flight, so that items that are
+    copies (blocks or slabs of a non-contiguous array) never pile up in memory."""
     pool = _thread_pool()
-    digests: list[bytes] = []
+    results: list = []
     in_flight: collections.deque = collections.deque()
-    for block in _blocks(arr):
-        in_flight.append(pool.submit(_digest, block))
-        if len(in_flight) >= 8:
-            digests.append(in_flight.popleft().result())
-    digests.extend(future.result() for future in in_flight)
-    return digests
+    for item in items:
+        in_flight.append(pool.submit(func, item))
+        if len(in_flight) >= window:
+            results.append(in_flight.popleft().result())
+    results.extend(future.result() for future in in_flight)
+    return results
 
 
 def combine_digests(arr: np.ndarray, blocks: list[bytes]) -> str:

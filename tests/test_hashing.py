@@ -745,3 +745,21 @@ def test_local_classes_and_their_instances_hash_by_name_and_state():
     assert hash(local(1)) == hash(_local_class("Local")(1))
     assert hash(local(1)) != hash(local(2))
     assert hash(local(1)) != hash(other(1))
+
+
+@pytest.mark.parametrize("n_rows", [64, 70])
+def test_strided_views_hashed_in_aligned_slabs_match_their_copy(n_rows):
+    # Rows of 256 KiB: 16 rows make one 4 MiB block, so slabs are copied and hashed in
+    # threads; with 70 rows the last slab is partial.
+    base = np.random.default_rng(n_rows).random((n_rows, 2**16))
+    view = base[:, ::2]
+    assert hashing._aligned_slab_rows(view) == 16
+    copy = np.ascontiguousarray(view)
+    raw = copy.tobytes()
+    starts = range(0, len(raw), BLOCK_SIZE)
+    expected = [hashing.block_digest(raw[i : i + BLOCK_SIZE]) for i in starts]
+    assert block_digests(view) == expected
+    assert hash(view) == hash(copy)
+    changed = base.copy()
+    changed[-1, -2] += 1.0
+    assert hash(changed[:, ::2]) != hash(view)

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+from loky import get_reusable_executor
 
 import arraycache
 
@@ -35,3 +38,24 @@ def run_python(code: str, cwd: Path, timeout: float = 120) -> str:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def worker_processes() -> list[psutil.Process]:
+    """Child processes, except the resource trackers that loky keeps for the session."""
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if not any("resource_tracker" in part for part in child.cmdline()):
+                children.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return children
+
+
+def stop_workers_and_check() -> None:
+    """Shut loky's reusable workers down and fail if any child process is left."""
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    deadline = time.monotonic() + 10
+    while worker_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p.cmdline() for p in worker_processes()] == []

@@ -10,19 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from loky import get_reusable_executor
 from sklearn.preprocessing import StandardScaler
 
 import arraycache
 from arraycache.parallel._folders import FOLDERS
 
+from .conftest import stop_workers_and_check
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _stop_workers():
+def _no_leftover_workers():
     yield
-    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    stop_workers_and_check()
 
 
 def shared_files() -> list[str]:

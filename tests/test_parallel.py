@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 
 import joblib
-import psutil
 import pytest
 from joblib.externals.loky import get_reusable_executor as joblib_executor
-from loky import get_reusable_executor
 
 from arraycache.parallel import (
     LokyBackend,
@@ -35,31 +33,17 @@ from arraycache.parallel._batching import AutoBatchSize
 from arraycache.parallel._config import BACKENDS
 from arraycache.parallel._folders import FOLDERS
 
+from .conftest import stop_workers_and_check
+
 BACKEND_NAMES = ["loky", "threading", "sequential"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_leftover_workers():
-    """Shut loky's workers down after this module and check that none is left."""
+    """Shut loky's workers (ours and joblib's) down after this module; none may be left."""
     yield
-    get_reusable_executor().shutdown(wait=True, kill_workers=True)
     joblib_executor().shutdown(wait=True, kill_workers=True)
-    deadline = time.monotonic() + 10
-    while worker_processes() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert [p.cmdline() for p in worker_processes()] == []
-
-
-def worker_processes() -> list[psutil.Process]:
-    """Child processes, except the resource trackers that loky keeps for the session."""
-    children = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if not any("resource_tracker" in part for part in child.cmdline()):
-                children.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return children
+    stop_workers_and_check()
 
 
 @pytest.fixture(autouse=True)
@@ -185,15 +169,16 @@ def test_fixed_batch_size_and_pre_dispatch():
     consumed = []
 
     def tasks():
-        for i in range(40):
+        for i in range(400):
             consumed.append(i)
             yield delayed(square)(i)
 
+    Parallel(2)(delayed(square)(i) for i in range(4))  # both workers up: no slow first batch
     gen = Parallel(2, batch_size=3, pre_dispatch="2 * n_jobs", return_as="generator")(tasks())
     assert next(gen) == 0
     # Lazy: only a few batches were pulled from the iterable.
-    assert len(consumed) < 40
-    assert list(gen) == [i * i for i in range(1, 40)]
+    assert len(consumed) < 400
+    assert list(gen) == [i * i for i in range(1, 400)]
     assert Parallel(2, batch_size=7, pre_dispatch="all")(delayed(square)(i) for i in range(9)) == [
         i * i for i in range(9)
     ]

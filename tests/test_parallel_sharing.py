@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
-from loky import get_reusable_executor
 
 from arraycache.parallel import Parallel, delayed, register_mapped_file
 from arraycache.parallel._folders import FOLDERS, PREFIX, remove_stale_folders
 from arraycache.parallel._sharing import REGISTRY
+
+from .conftest import stop_workers_and_check
 
 BIG = 300_000  # float64 elements: 2.4 MB, above the default max_nbytes of 1 MB
 
@@ -27,22 +27,7 @@ BIG = 300_000  # float64 elements: 2.4 MB, above the default max_nbytes of 1 MB
 @pytest.fixture(scope="module", autouse=True)
 def _no_leftover_workers():
     yield
-    get_reusable_executor().shutdown(wait=True, kill_workers=True)
-    deadline = time.monotonic() + 10
-    while _workers() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _workers() == []
-
-
-def _workers() -> list:
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if not any("resource_tracker" in part for part in child.cmdline()):
-                found.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+    stop_workers_and_check()
 
 
 def shared_files() -> list[str]:

@@ -16,7 +16,7 @@ from .codecs import parse_compress
 from .memorized import MemorizedFunc, NotMemorizedFunc, check_mmap_mode
 from .store import LocalStore
 
-__all__ = ["Memory", "expires_after"]
+__all__ = ["Memory", "expires_after", "parse_bytes"]
 
 
 class Memory:
@@ -210,7 +210,7 @@ class Memory:
         if store is None:
             return
         store.remove_temporaries()
-        bytes_limit = _parse_bytes(self.bytes_limit if bytes_limit is None else bytes_limit)
+        bytes_limit = parse_bytes(self.bytes_limit if bytes_limit is None else bytes_limit)
         entries = list(store.entries())
         latest = _latest_code_digests(store)
         now = time.time()
@@ -244,7 +244,7 @@ def _latest_code_digests(store: LocalStore) -> dict[Path, str]:
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def _parse_bytes(limit: int | str | None) -> int | None:
+def parse_bytes(limit: int | str | None) -> int | None:
     if limit is None or isinstance(limit, int):
         return limit
     text = str(limit).strip().upper().rstrip("B")

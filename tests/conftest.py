@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -59,3 +60,23 @@ def stop_workers_and_check() -> None:
     while worker_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [p.cmdline() for p in worker_processes()] == []
+
+
+@pytest.fixture(scope="module")
+def no_leftover_workers():
+    """Use in modules that start loky workers: they are stopped and checked at the end."""
+    yield
+    stop_workers_and_check()
+
+
+def shared_files() -> list[str]:
+    """Every file under this process's Parallel sharing folders (after collecting garbage)."""
+    from arraycache.parallel._folders import FOLDERS
+
+    gc.collect()
+    return sorted(
+        os.path.join(dirpath, name)
+        for folder in FOLDERS.existing()
+        for dirpath, _, names in os.walk(folder)
+        for name in names
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,27 +11,11 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 import arraycache
-from arraycache.parallel._folders import FOLDERS
 
-from .conftest import stop_workers_and_check
+from .conftest import shared_files
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_leftover_workers():
-    yield
-    stop_workers_and_check()
-
-
-def shared_files() -> list[str]:
-    gc.collect()
-    return sorted(
-        os.path.join(dirpath, name)
-        for folder in FOLDERS.existing()
-        for dirpath, _, names in os.walk(folder)
-        for name in names
-    )
+pytestmark = pytest.mark.usefixtures("no_leftover_workers")
 
 
 def fold_score(X, y, fold, n_folds):

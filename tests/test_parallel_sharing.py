@@ -19,25 +19,12 @@ from arraycache.parallel import Parallel, delayed, register_mapped_file
 from arraycache.parallel._folders import FOLDERS, PREFIX, remove_stale_folders
 from arraycache.parallel._sharing import REGISTRY
 
-from .conftest import stop_workers_and_check
+from .conftest import shared_files
 
 BIG = 300_000  # float64 elements: 2.4 MB, above the default max_nbytes of 1 MB
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_leftover_workers():
-    yield
-    stop_workers_and_check()
-
-
-def shared_files() -> list[str]:
-    """Every file under this process's sharing folders (after collecting garbage)."""
-    gc.collect()
-    found = []
-    for folder in FOLDERS.existing():
-        for dirpath, _, names in os.walk(folder):
-            found += [os.path.join(dirpath, n) for n in names]
-    return sorted(found)
+pytestmark = pytest.mark.usefixtures("no_leftover_workers")
 
 
 def call_folders() -> list[str]:

@@ -42,6 +42,7 @@ __all__ = [
     "combine_digests",
     "hash",
     "remember_digest",
+    "stored_digest",
 ]
 
 #: Arrays are hashed in blocks of this many bytes (of their memory-order bytes).
@@ -203,7 +204,7 @@ def remember_digest(arr: np.ndarray, digest: str) -> None:
     _known_digests[key] = (weakref.ref(arr, forget), digest)
 
 
-def _stored_digest(arr: np.ndarray) -> str | None:
+def stored_digest(arr: np.ndarray) -> str | None:
     """The stored digest of ``arr`` or of the array it is a whole, unchanged view of."""
     if arr.flags.writeable:
         return None
@@ -235,7 +236,7 @@ def array_digest(arr: np.ndarray) -> str:
     """
     if arr.dtype.hasobject:
         return hash(arr)
-    stored = _stored_digest(arr)
+    stored = stored_digest(arr)
     if stored is not None:
         return stored
     return combine_digests(arr, block_digests(arr))

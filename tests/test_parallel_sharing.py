@@ -350,3 +350,23 @@ def test_non_contiguous_datetime_arrays_are_written_and_shared():
     stamps = np.arange(400_000).astype("M8[s]").reshape(2000, 200)[:, ::2]
     out = Parallel(n_jobs=2, max_nbytes=1000)(delayed(first_item)(stamps) for _ in range(2))
     assert out == [(stamps.flat[0], stamps.dtype, stamps.shape)] * 2
+
+
+def digest_seen_by_worker(arr):
+    from arraycache.hashing import array_digest, stored_digest
+
+    return stored_digest(arr), array_digest(np.array(arr))
+
+
+def test_workers_hash_shared_read_only_arrays_in_constant_time(tmp_path):
+    import arraycache
+
+    memory = arraycache.Memory(tmp_path / "cache", mmap_mode="r", verbose=0)
+    cached = memory.cache(np.linspace)(0.0, 1.0, BIG)  # a cache hit's memmap: by reference
+    written = np.random.default_rng(3).random(BIG)  # a plain array: written once, by digest
+    out = Parallel(n_jobs=2)(delayed(digest_seen_by_worker)(a) for a in (cached, written))
+    for arr, (stored, by_content) in zip((cached, written), out, strict=True):
+        # The worker knows the digest without reading the data, and it is the right one.
+        assert stored == arraycache.hash(arr) == by_content
+    views = Parallel(n_jobs=2)(delayed(digest_seen_by_worker)(a) for a in (cached[1:],))
+    assert views[0][0] is None  # a partial view is hashed by content, as in the caller

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..hashing import array_digest, remember_digest, stored_digest
 from ._folders import FILE_MODE, FOLDERS, make_private_dir, pick_root
 
 __all__ = [
@@ -66,6 +67,9 @@ class Reference:
     """``np.memmap`` mode to open with; None loads the array into memory."""
     adopt: bool = False
     """A worker result file that the caller takes over (moves out of the call folder)."""
+    digest: str | None = None
+    """Content digest of the array, when known: a read-only map of it then hashes in O(1)
+    in the worker too (a cached function called in a task does not re-read it)."""
 
 
 # --- where an array's bytes live -------------------------------------------------------------
@@ -164,7 +168,8 @@ def file_reference(arr: np.ndarray, mmap_mode: str | None) -> Reference | None:
         mode = "c" if mmap_mode in ("c", "r+", "w+") else ("r" if mmap_mode else None)
     # A writable memmap stays shared for writing, as in joblib: workers can fill it.
     return Reference(
-        path, first + low, high - low, -low, arr.dtype, arr.shape, strides, order, mode
+        path, first + low, high - low, -low, arr.dtype, arr.shape, strides, order, mode,
+        digest=stored_digest(arr),
     )
 
 
@@ -198,8 +203,11 @@ def _write_array(arr: np.ndarray, path: str) -> str:
     return order
 
 
-def _written_reference(path: str, arr: np.ndarray, order: str, mode: str | None) -> Reference:
-    return Reference(path, 0, arr.nbytes, 0, arr.dtype, arr.shape, None, order, mode)
+def _written_reference(
+    path: str, arr: np.ndarray, order: str, mode: str | None, digest: str
+) -> Reference:
+    return Reference(path, 0, arr.nbytes, 0, arr.dtype, arr.shape, None, order, mode,
+                     digest=digest)
 
 
 @dataclass
@@ -298,8 +306,6 @@ class CallSharing:
         return ref
 
     def _write(self, arr: np.ndarray) -> Reference:
-        from ..hashing import array_digest
-
         digest = array_digest(arr)
         entry = REGISTRY.acquire(digest, arr, self.temp_folder)
         with self._lock:
@@ -307,7 +313,7 @@ class CallSharing:
         # Written copies are shared by every task and later calls: workers may not write
         # to them, so writable modes become copy-on-write.
         mode = {"r": "r", None: None}.get(self.mmap_mode, "c")
-        return _written_reference(entry.path, arr, entry.order, mode)
+        return _written_reference(entry.path, arr, entry.order, mode, digest)
 
     def close(self) -> None:
         """Release the files this call pinned (they stay while their arrays live)."""
@@ -394,4 +400,6 @@ def open_reference(ref: Reference) -> np.ndarray:
     if ref.adopt:
         # The file lives as long as the returned array (and its views).
         weakref.finalize(arr, _unlink, path)
+    if ref.digest is not None and not arr.flags.writeable and ref.strides is None:
+        remember_digest(arr, ref.digest)
     return arr

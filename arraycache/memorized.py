@@ -316,7 +316,7 @@ class MemorizedFunc:
     def _wait_for_other_writer(self, entry: Path) -> Any:
         """Take the compute lock, or wait for the holder's result.
 
-        Returns (lock or None, result or _MISS).
+        Returns (lock or None, (result, metadata) or _MISS).
         """
         store = self.store
         if self.lock_timeout is None:
@@ -334,9 +334,9 @@ class MemorizedFunc:
                 return None, _MISS  # give up waiting: compute ourselves
             time.sleep(pause)
             pause = min(pause * 2, _LOCK_POLL_MAX)
-            result, _, _ = self._load(entry)
+            result, meta, _ = self._load(entry)
             if result is not _MISS:
-                return None, result
+                return None, (result, meta)
 
     def _compute_and_store(
         self, entry: Path | None, arguments: dict, args: tuple, kwargs: dict, replace: bool
@@ -394,9 +394,10 @@ class MemorizedFunc:
             result, meta, damaged = self._load(entry)
             if result is not _MISS:
                 return result, self._metadata(meta)
-        lock, result = (None, _MISS) if force else self._wait_for_other_writer(entry)
-        if result is not _MISS:
-            return result, {}
+        lock, loaded = (None, _MISS) if force else self._wait_for_other_writer(entry)
+        if loaded is not _MISS:
+            result, meta = loaded  # another process computed it while we waited
+            return result, self._metadata(meta)
         try:
             if lock is not None and not damaged:
                 # Another process may have published while we waited for the lock.
@@ -438,9 +439,9 @@ class MemorizedFunc:
         if entry is None:
             return NotMemorizedResult(self.func(*args, **kwargs))
         if not self._in_cache(entry):
-            self._cached_call(args, kwargs)
-        if not self._in_cache(entry):  # could not be stored: keep the value itself
-            return NotMemorizedResult(self.func(*args, **kwargs))
+            output, _ = self._cached_call(args, kwargs)
+            if not self._in_cache(entry):  # could not be stored: keep the value itself
+                return NotMemorizedResult(output)
         return MemorizedResult(self.location, entry, self.info.name, self.mmap_mode,
                                self.verbose, self.trust_foreign_pickles)
 

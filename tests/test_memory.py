@@ -306,6 +306,16 @@ def test_unstorable_result_warns_and_returns_the_value(memory, location):
     with pytest.warns(arraycache.UnstorableResultWarning, match="could not be cached"):
         result = make_lock()
     assert result["lock"] is lock
+    calls = []
+
+    @memory.cache
+    def unstorable_counted():
+        calls.append(1)
+        return threading.Lock()
+
+    with pytest.warns(arraycache.UnstorableResultWarning):
+        shelved = unstorable_counted.call_and_shelve()
+    assert isinstance(shelved.get(), type(lock)) and calls == [1]  # computed once
     leftovers = [p for p in location.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
     assert not make_lock.check_call_in_cache()

@@ -103,7 +103,7 @@ def dumps_batch(
 # --- worker side ---------------------------------------------------------------------------
 
 
-def _sendable_exception(exc: BaseException, text: str) -> BaseException:
+def _sendable_exception(exc: BaseException) -> BaseException:
     try:
         pickle.loads(cloudpickle.dumps(exc))
     except Exception:
@@ -138,12 +138,12 @@ def run_batch_in_worker(payload: bytes) -> bytes:
         nesting_limit, spec, first_index, tasks = pickle.loads(payload)
     except BaseException as exc:
         text = traceback.format_exc()
-        error = (0, _sendable_exception(exc, text), "while unpickling the batch:\n" + text)
+        error = (0, _sendable_exception(exc), "while unpickling the batch:\n" + text)
         return cloudpickle.dumps(([], error, 0.0))
     results, error, duration = run_tasks(tasks, nesting_limit)
     if error is not None:
         position, exc, text = error
-        error = (position, _sendable_exception(exc, text), text)
+        error = (position, _sendable_exception(exc), text)
 
     def reference(arr: np.ndarray) -> Reference | None:
         return result_reference(arr, spec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .exceptions import (
     CacheWarning,
+    CodeNotCoveredWarning,
     DamagedEntryWarning,
     UnhashableArgumentError,
     UnstorableResultWarning,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheWarning",
+    "CodeNotCoveredWarning",
     "DamagedEntryWarning",
     "MemorizedFunc",
     "MemorizedResult",

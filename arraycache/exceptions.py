@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CacheWarning",
+    "CodeNotCoveredWarning",
     "DamagedEntryWarning",
     "UnhashableArgumentError",
     "UnstorableResultWarning",
@@ -29,3 +30,8 @@ class UnstorableResultWarning(CacheWarning):
 
 class UnhashableArgumentError(TypeError):
     """An argument of a cached function cannot be hashed into a cache key."""
+
+
+class CodeNotCoveredWarning(UserWarning):
+    """A value the cached function's code reaches (a closure variable, a default) cannot
+    be hashed, so changing it does not change the cache key."""

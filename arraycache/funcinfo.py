@@ -1,16 +1,18 @@
-"""Function identity, source digest and argument binding for cached functions."""
+"""Function identity, code digest and argument binding for cached functions."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import xxhash
 
-from .hashing import code_fingerprint
+from .codedigest import CodeVersion
 
 __all__ = ["FunctionInfo"]
 
@@ -18,23 +20,26 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def _folder_name(part: str) -> str:
-    """A file-system friendly spelling of a module or qualified name."""
-    return _UNSAFE.sub("-", part).strip("-.") or "-"
+    """A file-system friendly spelling of a module or qualified name (a script's path
+    too), short enough for any file system."""
+    name = _UNSAFE.sub("-", part).strip("-.") or "-"
+    if len(name) > 150:
+        name = f"{name[:60]}-{xxhash.xxh3_64_hexdigest(name)}-{name[-60:]}"
+    return name
 
 
-def _source_digest(func: Callable) -> str:
-    """Digest of the function's source text, or of its code when there is no source.
+def _script_path(func: Callable) -> str | None:
+    """The file of a function defined in a script run as ``__main__``; None for a
+    notebook cell, ``python -c``, stdin or ``exec``."""
+    code = getattr(func, "__code__", None)
+    filename = getattr(code, "co_filename", "") or ""
+    if filename.startswith("<") or _NOTEBOOK_CELL.search(filename):
+        return None
+    return os.path.realpath(filename)
 
-    The source, not the code object, is used for the common case because it is the
-    same across Python processes and notebook kernel restarts (where file names of
-    cells change) and it changes when a comment or a default changes, as in joblib.
-    """
-    try:
-        source = inspect.getsource(func)
-    except (OSError, TypeError):
-        code = getattr(func, "__code__", None)
-        source = repr(code_fingerprint(code)) if code is not None else repr(func)
-    return xxhash.xxh3_128_hexdigest(source.encode())
+
+# ipykernel writes each cell to <tmp>/ipykernel_<pid>/<digest of the cell>.py
+_NOTEBOOK_CELL = re.compile(r"[/\\]ipykernel_\d+[/\\][^/\\]+\.py$")
 
 
 class FunctionInfo:
@@ -53,6 +58,14 @@ class FunctionInfo:
         self.ignore = frozenset(ignore or ())
         target = func.func if isinstance(func, functools.partial) else inspect.unwrap(func)
         self.module = getattr(target, "__module__", None) or "__unknown__"
+        if self.module == "__main__":
+            # Scripts are told apart by their path, as in joblib: exp2.py, a copy of
+            # exp1.py, must not get exp1's results.  Notebook cells are not: the same
+            # function hits across cells, re-runs and kernel restarts (its code and
+            # the user code it calls are in the key).
+            script = _script_path(target)
+            if script is not None:
+                self.module = f"__main__-{script.removesuffix('.py')}"
         self.qualname = getattr(target, "__qualname__", None) or type(func).__qualname__
         self.signature = inspect.signature(func)
         params = self.signature.parameters.values()
@@ -62,7 +75,22 @@ class FunctionInfo:
             raise ValueError(
                 f"ignore={sorted(unknown)} names arguments that {self.qualname}() does not have"
             )
-        self.code_digest = _source_digest(target)
+        self.code = CodeVersion(func)
+        # Values a call depends on besides its arguments: the instance of a bound
+        # method or callable object, the bound arguments of a partial.
+        self.hidden: dict[str, Any] = {}
+        if inspect.ismethod(func):
+            self.hidden["__self__"] = func.__self__  # two objects, two results (as joblib)
+        elif isinstance(func, functools.partial):
+            self.hidden["__partial__"] = (func.args, func.keywords)
+        elif not isinstance(func, (types.FunctionType, types.BuiltinFunctionType, type)):
+            self.hidden["__self__"] = func  # a callable instance
+
+    @property
+    def code_digest(self) -> str:
+        """Digest of the code the function runs (its own and the user code it calls);
+        re-checked on each access, recomputed when any of it changed."""
+        return self.code.digest
 
     @property
     def name(self) -> str:
@@ -87,9 +115,8 @@ class FunctionInfo:
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
-        if inspect.ismethod(self.func):
-            # The instance is an argument too (as in joblib): two objects, two results.
-            arguments = {"__self__": self.func.__self__, **arguments}
+        if self.hidden:
+            arguments = {**self.hidden, **arguments}
         for name, param in self.signature.parameters.items():
             if param.kind is param.VAR_KEYWORD and name in arguments:
                 # **kwargs are matched by name like the other keywords.

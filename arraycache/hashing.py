@@ -26,6 +26,7 @@ import os
 import pickle
 import threading
 import types
+import warnings
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import xxhash
+
+from .codedigest import CodeVersion, code_fingerprint, is_user_code
 
 __all__ = [
     "BLOCK_SIZE",
@@ -61,9 +64,32 @@ def _array_order(arr: np.ndarray) -> str:
     return "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
 
 
+def _dtype_metadata(dtype: np.dtype) -> Any:
+    """The metadata of ``dtype`` and of its fields, or None when there is none (the usual
+    case).  ``descr`` drops it, but it carries meaning (h5py enums and vlen strings)."""
+    fields = dtype.fields
+    nested = None
+    if fields:
+        nested = [(name, _dtype_metadata(spec[0])) for name, spec in fields.items()]
+        if not any(meta is not None for _, meta in nested):
+            nested = None
+    elif dtype.subdtype is not None:
+        nested = _dtype_metadata(dtype.subdtype[0])
+    if dtype.metadata is None and nested is None:
+        return None
+    return (dict(dtype.metadata or {}), nested)
+
+
 def _array_header(arr: np.ndarray) -> bytes:
-    descr = np.lib.format.dtype_to_descr(arr.dtype)
-    return repr((descr, arr.shape, _array_order(arr))).encode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "metadata on a dtype is not saved": we add it below
+        descr = np.lib.format.dtype_to_descr(arr.dtype)
+    header = repr((descr, arr.shape, _array_order(arr))).encode()
+    metadata = _dtype_metadata(arr.dtype)
+    if metadata is not None:
+        # Hashed, not repr'd: metadata may hold dicts, whose repr follows insertion order.
+        header += b"metadata" + hash(metadata).encode()
+    return header
 
 
 def _contiguous_pieces(arr: np.ndarray, target: int, order: str = "C") -> Iterator[memoryview]:
@@ -183,16 +209,28 @@ def combine_digests(arr: np.ndarray, blocks: list[bytes]) -> str:
 
 # --- reuse of stored digests -----------------------------------------------------------------
 
-# id(array) -> (weak reference to the array, digest).  ndarrays are not hashable, so a
-# WeakKeyDictionary cannot hold them; the weakref callback drops the entry instead.
-_known_digests: dict[int, tuple[weakref.ref, str]] = {}
+# id(array) -> (weak reference to the array, its layout when recorded, digest).  ndarrays
+# are not hashable, so a WeakKeyDictionary cannot hold them; the weakref callback drops
+# the entry instead.
+_known_digests: dict[int, tuple[weakref.ref, tuple, str]] = {}
+
+
+def _layout(arr: np.ndarray) -> tuple:
+    """What a digest was computed for: numpy lets ``shape``, ``strides`` and ``dtype`` be
+    assigned in place, even on a read-only memmap, so the object alone is not enough."""
+    return (
+        arr.__array_interface__["data"][0], arr.shape, arr.strides, arr.dtype,
+        _dtype_metadata(arr.dtype),
+    )
 
 
 def remember_digest(arr: np.ndarray, digest: str) -> None:
-    """Record that read-only ``arr`` has content digest ``digest``.
+    """Record that read-only ``arr``, as laid out now, has content digest ``digest``.
 
     Only arrays that cannot be written through are recorded: a writable array may
-    change after it was recorded, so it is always hashed by content.
+    change after it was recorded, so it is always hashed by content.  The digest
+    holds only while the array keeps the exact layout (data address, dtype, shape,
+    strides) it has now.
     """
     if arr.flags.writeable:
         raise ValueError("only read-only arrays may carry a stored digest")
@@ -201,31 +239,21 @@ def remember_digest(arr: np.ndarray, digest: str) -> None:
     def forget(_ref: weakref.ref, key: int = key) -> None:
         _known_digests.pop(key, None)
 
-    _known_digests[key] = (weakref.ref(arr, forget), digest)
+    _known_digests[key] = (weakref.ref(arr, forget), _layout(arr), digest)
 
 
 def stored_digest(arr: np.ndarray) -> str | None:
-    """The stored digest of ``arr`` or of the array it is a whole, unchanged view of."""
+    """The stored digest of ``arr``, or of the array it is a whole view of, provided it
+    still has the layout the digest was recorded for."""
     if arr.flags.writeable:
         return None
     candidate: Any = arr
     while candidate is not None:
         known = _known_digests.get(id(candidate))
         if known is not None and known[0]() is candidate:
-            if candidate is arr or _same_view(arr, candidate):
-                return known[1]
-            return None
+            return known[2] if _layout(arr) == known[1] else None
         candidate = getattr(candidate, "base", None)
     return None
-
-
-def _same_view(view: np.ndarray, base: np.ndarray) -> bool:
-    return (
-        view.dtype == base.dtype
-        and view.shape == base.shape
-        and view.strides == base.strides
-        and view.__array_interface__["data"][0] == base.__array_interface__["data"][0]
-    )
 
 
 def array_digest(arr: np.ndarray) -> str:
@@ -274,6 +302,15 @@ def _code_token(
     """
 
 
+def _subclass_token(module: str, qualname: str, digest: str, extra: str) -> None:
+    """Stands for an ndarray subclass: its class, its data, and what the class adds
+    (a masked array's mask and fill value, the attributes of others) (never called)."""
+
+
+def _user_code_token(module: str, qualname: str, code_digest: str) -> None:
+    """Stands for a function or class of the user's code, by what it runs (never called)."""
+
+
 def _object_token(digest: str) -> None:
     """Stands for an object, by the digest of its canonical reduce value (never called)."""
 
@@ -286,19 +323,33 @@ def _empty_cell() -> None:
     """Stands for a closure cell that holds nothing yet (never called)."""
 
 
-def _sorted_by_digest(items: list) -> list:
+def _totally_ordered(members: list) -> bool:
+    """Whether sorting ``members`` gives one order whatever order they come in: not
+    when one is unequal to itself (a NaN, whose set position depends on its id)."""
     try:
-        return sorted(items)
-    except TypeError:
-        return sorted(items, key=hash)
+        return all(m == m for m in members)
+    except Exception:  # e.g. a signaling Decimal NaN
+        return False
+
+
+def _sorted_by_digest(items: list) -> list:
+    if _totally_ordered(items):
+        try:
+            return sorted(items)
+        except Exception:  # unorderable: TypeError, decimal.InvalidOperation...
+            pass
+    return sorted(items, key=hash)
 
 
 def _sorted_items(items: list) -> _Mapping:
     """``items`` (canonical key, value pairs) sorted by key, marked as a mapping."""
-    try:
-        items.sort(key=lambda kv: kv[0])
-    except TypeError:
-        items.sort(key=lambda kv: hash(kv[0]))
+    if _totally_ordered([k for k, _ in items]):
+        try:
+            items.sort(key=lambda kv: kv[0])
+            return _Mapping(items)
+        except Exception:
+            pass
+    items.sort(key=lambda kv: hash(kv[0]))
     return _Mapping(items)
 
 
@@ -325,24 +376,6 @@ def _canonical(obj: Any, active: set[int]) -> Any:
         active.discard(id(obj))
 
 
-def code_fingerprint(code: types.CodeType) -> tuple:
-    """What a function does, independent of its file name and line numbers."""
-    consts = tuple(_const_fingerprint(c) for c in code.co_consts)
-    return (code.co_code, consts, code.co_names)
-
-
-def _const_fingerprint(const: Any) -> Any:
-    if isinstance(const, types.CodeType):
-        return code_fingerprint(const)
-    if isinstance(const, frozenset):
-        # ``x in {"a", "b"}`` compiles to a frozenset constant, whose iteration
-        # order (hence pickle and repr) depends on PYTHONHASHSEED.
-        return ("frozenset", tuple(sorted(const, key=repr)))
-    if isinstance(const, tuple):
-        return tuple(_const_fingerprint(c) for c in const)
-    return const
-
-
 def _reduce(obj: Any) -> tuple | None:
     """The reduce value of ``obj`` with canonical containers, or None to let pickle act."""
     reducer = copyreg.dispatch_table.get(type(obj))
@@ -365,6 +398,10 @@ def _reduce(obj: Any) -> tuple | None:
         # OrderedDict does not.
         dictitems = items if isinstance(obj, collections.OrderedDict) else _sorted_items(items)
     return func, args, state, listitems, dictitems
+
+
+# Where a memmap's data lives does not change its value: memmaps hash like arrays.
+_MEMMAP_ATTRIBUTES = frozenset({"filename", "offset", "mode", "_mmap"})
 
 
 class _Hasher(pickle.Pickler):
@@ -404,15 +441,35 @@ class _Hasher(pickle.Pickler):
             known = self.arrays[id(arr)] = (arr, array_digest(arr))
         return known[1]
 
+    def _subclass(self, arr: np.ndarray) -> tuple:
+        # np.matrix, np.recarray, masked arrays...: equal data, yet ``x * x`` or
+        # ``x.sum()`` differ, so the class and what it adds are part of the digest.
+        data = arr.view(np.ndarray)
+        if isinstance(arr, np.ma.MaskedArray):
+            added: Any = (np.ma.getmaskarray(arr), arr.fill_value, arr.hardmask)
+        else:
+            added = {k: v for k, v in vars(arr).items() if k not in _MEMMAP_ATTRIBUTES}
+        kind = type(arr)
+        return _subclass_token, (
+            kind.__module__, kind.__qualname__, self._array_digest(data),
+            self._nested_digest(arr, _canonical(added, set())),
+        )
+
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
         if kind is _Mapping or kind is _Set or kind is _FrozenSet:
             return NotImplemented
         if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
-            return _array_token, (self._array_digest(obj),)
+            if kind is np.ndarray or kind is np.memmap:
+                return _array_token, (self._array_digest(obj),)
+            return self._subclass(obj)
+        if isinstance(obj, (types.FunctionType, type)) and is_user_code(obj):
+            # The user's functions and classes, importable or not: by the code they run
+            # (and the user code that reaches), so that editing one changes the digest.
+            return _user_code_token, (obj.__module__, obj.__qualname__, _code_digest(obj))
         if isinstance(obj, types.FunctionType) and _not_importable(obj):
-            # Lambdas and nested functions: identify by name, code, defaults and
-            # closure values, not by address.
+            # Lambdas and nested functions of installed packages: by name, code,
+            # defaults and closure values, not by address.
             back = self._back_reference(obj)
             if back is not None:
                 return back
@@ -436,6 +493,25 @@ class _Hasher(pickle.Pickler):
         if reduced is None:
             return NotImplemented
         return _object_token, (self._nested_digest(obj, reduced),)
+
+
+_code_versions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_in_progress = threading.local()
+
+
+def _code_digest(obj: Any) -> str:
+    """The (cached, re-checked) digest of the code of a user function or class."""
+    version = _code_versions.get(obj)
+    if version is None:
+        version = _code_versions[obj] = CodeVersion(obj)
+    active = _in_progress.__dict__.setdefault("ids", set())
+    if id(obj) in active:
+        return "recursive"  # a function among its own defaults: its name says enough
+    active.add(id(obj))
+    try:
+        return version.digest
+    finally:
+        active.discard(id(obj))
 
 
 def _cell_value(cell: types.CellType) -> Any:
@@ -507,7 +583,7 @@ def hash(obj: Any, hash_name: str | None = None, coerce_mmap: bool = True) -> st
         If a list, tuple, dict or set contains itself.  (Other objects that refer
         to themselves are fine.)
     """
-    if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+    if type(obj) in (np.ndarray, np.memmap) and not obj.dtype.hasobject:
         return array_digest(obj)
     sink = _DigestWriter()
     try:

@@ -20,6 +20,7 @@ from . import persistence
 from .codecs import Compression, parse_compress
 from .exceptions import (
     CacheWarning,
+    CodeNotCoveredWarning,
     DamagedEntryWarning,
     UnhashableArgumentError,
     UnstorableResultWarning,
@@ -196,15 +197,18 @@ class MemorizedFunc:
         self.trust_foreign_pickles = trust_foreign_pickles
         self.info = FunctionInfo(func, self.ignore)
         self._store: LocalStore | None = None
-        self._code_recorded = False
+        self._recorded_code: str | None = None
+        self._warned_uncovered: str | None = None
         self._warned_compressed_mmap = False
         functools.update_wrapper(self, func)
 
     def __reduce__(self) -> tuple:
+        # The module travels too: a script's function, rebuilt by cloudpickle in a
+        # worker, no longer knows the script it came from, and must find the same entries.
         return (
-            MemorizedFunc,
-            (self.func, self.location, self.ignore, self.mmap_mode, self.compress,
-             self.verbose, self.cache_validation_callback, self.lock_timeout,
+            _rebuild,
+            (self.info.module, self.func, self.location, self.ignore, self.mmap_mode,
+             self.compress, self.verbose, self.cache_validation_callback, self.lock_timeout,
              self.trust_foreign_pickles),
         )
 
@@ -235,8 +239,17 @@ class MemorizedFunc:
 
     def _key(self, args: tuple, kwargs: dict) -> tuple[str, dict[str, Any]]:
         arguments = self.info.bind(args, kwargs)
+        code = self.info.code_digest
+        if self.info.code.uncovered and code != self._warned_uncovered:
+            self._warned_uncovered = code
+            warnings.warn(
+                f"{self.info.name}: {', '.join(self.info.code.uncovered)} cannot be hashed, "
+                f"so the cache key does not change when it does; pass it as an argument "
+                f"if it decides the result",
+                CodeNotCoveredWarning, stacklevel=4,
+            )
         try:
-            return hash_obj((self.info.code_digest, arguments)), arguments
+            return hash_obj((code, arguments)), arguments
         except (TypeError, ValueError) as exc:
             for name, value in arguments.items():
                 try:
@@ -285,6 +298,10 @@ class MemorizedFunc:
             )
             return _MISS, meta, True
         except persistence.EntryDamaged as exc:
+            if self._replaced_since(entry, meta):
+                # Cleared or replaced while we read it (memory.clear() during a call, an
+                # eviction, another writer): a miss, not damage.
+                return _MISS, None, False
             self._warn_damaged(entry, exc)
             return _MISS, meta, True
         store.touch(entry)
@@ -292,6 +309,12 @@ class MemorizedFunc:
             print(f"[Memory]{_format_duration(time.perf_counter() - t0)}   : "
                   f"Loading {self.info.qualname} from {entry}")
         return result, meta, False
+
+    def _replaced_since(self, entry: Path, meta: dict) -> bool:
+        try:
+            return self.store.read_meta(entry) != meta
+        except (ValueError, KeyError, OSError):
+            return False
 
     def _warn_damaged(self, entry: Path, exc: BaseException) -> None:
         warnings.warn(
@@ -359,12 +382,13 @@ class MemorizedFunc:
         store = self.store
         tmp = None
         try:
-            if not self._code_recorded:  # code.json is for `info` and eviction: once is enough
-                store.record_code(self.info.folder, self.info.name, self.info.code_digest)
-                self._code_recorded = True
+            code = self.info.code_digest
+            if code != self._recorded_code:  # code.json is for `info` and eviction
+                store.record_code(self.info.folder, self.info.name, code)
+                self._recorded_code = code
             tmp = store.new_entry(entry)
             meta = persistence.dump(output, tmp, self.compression)
-            meta.update(function=self.info.name, code=self.info.code_digest,
+            meta.update(function=self.info.name, code=code,
                         args=metadata["input_args"], created=start, duration=duration)
             store.publish(tmp, entry, meta, replace=replace)
         except BaseException as exc:
@@ -469,3 +493,9 @@ class MemorizedFunc:
         if warn and self.verbose > 0:
             print(f"[Memory] Clearing function cache of {self.info.name}")
         store.clear(self.info.folder)
+
+
+def _rebuild(module: str, *args: Any) -> MemorizedFunc:
+    func = MemorizedFunc(*args)
+    func.info.module = module
+    return func

@@ -14,6 +14,7 @@ from .exceptions import (
     UnhashableArgumentError,
     UnstorableResultWarning,
     UntrustedEntryWarning,
+    WrongArgumentsError,
 )
 from .hashing import hash
 from .memorized import MemorizedFunc, MemorizedResult, NotMemorizedFunc
@@ -42,6 +43,7 @@ __all__ = [
     "UnhashableArgumentError",
     "UnstorableResultWarning",
     "UntrustedEntryWarning",
+    "WrongArgumentsError",
     "__version__",
     "cpu_count",
     "delayed",

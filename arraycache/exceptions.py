@@ -9,6 +9,7 @@ __all__ = [
     "UnhashableArgumentError",
     "UnstorableResultWarning",
     "UntrustedEntryWarning",
+    "WrongArgumentsError",
 ]
 
 
@@ -35,3 +36,11 @@ class UnhashableArgumentError(TypeError):
 class CodeNotCoveredWarning(UserWarning):
     """A value the cached function's code reaches (a closure variable, a default) cannot
     be hashed, so changing it does not change the cache key."""
+
+
+class WrongArgumentsError(TypeError, ValueError):
+    """The arguments of a call do not match the cached function's signature.
+
+    Both a ``TypeError`` (what Python raises for a bad call) and a ``ValueError``
+    (what ``joblib.Memory`` raises, so code written for it still catches it).
+    """

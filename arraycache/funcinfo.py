@@ -13,6 +13,7 @@ from typing import Any
 import xxhash
 
 from .codedigest import CodeVersion
+from .exceptions import WrongArgumentsError
 
 __all__ = ["FunctionInfo"]
 
@@ -109,10 +110,13 @@ class FunctionInfo:
 
         Raises
         ------
-        TypeError
-            If the arguments do not match the signature.
+        WrongArgumentsError
+            If the arguments do not match the signature (a TypeError and a ValueError).
         """
-        bound = self.signature.bind(*args, **kwargs)
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise WrongArgumentsError(f"{self.qualname}(): {exc}") from None
         bound.apply_defaults()
         arguments = bound.arguments
         if self.hidden:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import copyreg
 import functools
+import hashlib
 import io
 import math
 import os
@@ -414,17 +415,20 @@ class _Hasher(pickle.Pickler):
     again inside itself is written as its distance up that stack, so cycles end.
     """
 
-    def __init__(self, file: io.RawIOBase, stack: list, arrays: dict) -> None:
+    def __init__(
+        self, file: io.RawIOBase, stack: list, arrays: dict, coerce_mmap: bool = True
+    ) -> None:
         super().__init__(file, protocol=5)
         self.fast = True
         self.stack = stack
         self.arrays = arrays  # id -> (array, digest): each array hashed once per call
+        self.coerce_mmap = coerce_mmap
 
     def _nested_digest(self, obj: Any, value: Any) -> str:
         self.stack.append(obj)
         try:
             sink = _DigestWriter()
-            _Hasher(sink, self.stack, self.arrays).dump(value)
+            _Hasher(sink, self.stack, self.arrays, self.coerce_mmap).dump(value)
         finally:
             self.stack.pop()
         return sink.hasher.hexdigest()
@@ -460,7 +464,7 @@ class _Hasher(pickle.Pickler):
         if kind is _Mapping or kind is _Set or kind is _FrozenSet:
             return NotImplemented
         if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
-            if kind is np.ndarray or kind is np.memmap:
+            if kind is np.ndarray or (kind is np.memmap and self.coerce_mmap):
                 return _array_token, (self._array_digest(obj),)
             return self._subclass(obj)
         if isinstance(obj, (types.FunctionType, type)) and is_user_code(obj):
@@ -542,8 +546,10 @@ def _not_importable(func: Any) -> bool:
 class _DigestWriter(io.RawIOBase):
     """A write-only stream that feeds an xxh3-128 hasher."""
 
-    def __init__(self) -> None:
-        self.hasher = xxhash.xxh3_128()
+    def __init__(self, hash_name: str | None = None) -> None:
+        self.hasher = (
+            xxhash.xxh3_128() if hash_name in (None, "xxh3_128") else hashlib.new(hash_name)
+        )
 
     def writable(self) -> bool:
         return True
@@ -553,26 +559,37 @@ class _DigestWriter(io.RawIOBase):
         return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
 
 
+#: ``hash_name`` values: the function of the final digest (arrays are first digested
+#: block by block with xxh3-128 whatever it is).  None is arraycache's own, xxh3-128;
+#: 'md5' and 'sha1' are joblib's names, giving digests of joblib's lengths.
+HASH_NAMES = (None, "xxh3_128", "md5", "sha1")
+
+
 def hash(obj: Any, hash_name: str | None = None, coerce_mmap: bool = True) -> str:
     """Return a deterministic hex digest of ``obj``.
 
     Equal values give equal digests in any process and on any run; a different
-    value, dtype, shape or memory order gives a different one.  Dict and set order
-    do not matter.  ``np.memmap`` and ``ndarray`` with the same content hash the same.
+    value, type, dtype (with its metadata), shape or memory order gives a different
+    one.  Dict and set order do not matter.
 
     Parameters
     ----------
     obj : object
         Nested containers, numpy arrays and scalars, pandas objects, or any
         picklable object.
-    hash_name, coerce_mmap :
-        Accepted for compatibility with ``joblib.hash``; the digest is always
-        xxh3-128 and memmaps are always hashed like the arrays they hold.
+    hash_name : {None, 'xxh3_128', 'md5', 'sha1'}
+        The function of the final digest: None (xxh3-128) is the fastest; 'md5'
+        and 'sha1' give digests of the length ``joblib.hash`` gives.  The values
+        differ from joblib's either way (arrays are digested block by block).
+    coerce_mmap : bool
+        True (the default, unlike joblib): an ``np.memmap`` hashes like the array it
+        holds, so a memory-mapped cache hit passed on hits like the value.  False
+        makes memmaps hash apart from arrays, as ``joblib.hash`` does by default.
 
     Returns
     -------
     str
-        32 hexadecimal characters.
+        Hexadecimal digest: 32 characters (40 with 'sha1').
 
     Raises
     ------
@@ -580,14 +597,17 @@ def hash(obj: Any, hash_name: str | None = None, coerce_mmap: bool = True) -> st
         If ``obj`` holds something that cannot be pickled (a lock, a generator,
         an open file...).
     ValueError
-        If a list, tuple, dict or set contains itself.  (Other objects that refer
-        to themselves are fine.)
+        If ``hash_name`` is unknown, or a list, tuple, dict or set contains itself.
+        (Other objects that refer to themselves are fine.)
     """
-    if type(obj) in (np.ndarray, np.memmap) and not obj.dtype.hasobject:
+    if hash_name not in HASH_NAMES:
+        raise ValueError(f"hash_name must be one of {HASH_NAMES}, not {hash_name!r}")
+    plain_array = type(obj) is np.ndarray or (type(obj) is np.memmap and coerce_mmap)
+    if hash_name in (None, "xxh3_128") and plain_array and not obj.dtype.hasobject:
         return array_digest(obj)
-    sink = _DigestWriter()
+    sink = _DigestWriter(hash_name)
     try:
-        _Hasher(sink, [], {}).dump(_canonical(obj, set()))
+        _Hasher(sink, [], {}, coerce_mmap).dump(_canonical(obj, set()))
     except pickle.PicklingError as exc:
         raise TypeError(f"cannot hash {type(obj).__qualname__!r} object: {exc}") from None
     return sink.hasher.hexdigest()

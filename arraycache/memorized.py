@@ -8,6 +8,7 @@ Data flows one way: call -> ``funcinfo`` (bind, identity) -> ``hashing`` (key) -
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -40,6 +41,8 @@ __all__ = [
 
 _MMAP_MODES = (None, "r", "r+", "w+", "c")
 _MISS = object()
+#: With ``verbose >= 10`` each call is recorded here (joblib logs at 20, to the root logger).
+logger = logging.getLogger("arraycache.memory")
 _LOCK_POLL_MAX = 0.5
 
 
@@ -411,6 +414,9 @@ class MemorizedFunc:
 
     def _cached_call(self, args: tuple, kwargs: dict, force: bool = False) -> tuple[Any, dict]:
         entry, arguments = self._entry(args, kwargs)
+        if self.verbose >= 10:
+            logger.info("Querying %s with signature %s (entry %s)", self.info.name,
+                        _format_call(self.info.qualname, arguments), entry)
         if entry is None:
             return self._compute_and_store(None, arguments, args, kwargs, False)
         damaged = force

@@ -69,7 +69,8 @@ class Memory:
         trust_foreign_pickles: bool = False,
     ) -> None:
         if backend != "local":
-            raise ValueError(f"unknown backend {backend!r}; only 'local' is available")
+            # TypeError, as joblib raises for an unknown store backend.
+            raise TypeError(f"unknown backend {backend!r}; only 'local' is available")
         check_mmap_mode(mmap_mode)
         parse_compress(compress)  # fail early on a bad value
         if location is not None and not isinstance(location, (str, os.PathLike)):
@@ -122,13 +123,16 @@ class Memory:
         -------
         MemorizedFunc or NotMemorizedFunc
         """
+        if cache_validation_callback is not None and not callable(cache_validation_callback):
+            # ValueError, as joblib raises.
+            raise ValueError(
+                f"cache_validation_callback must be callable, not {cache_validation_callback!r}"
+            )
         if func is None:
             return functools.partial(
                 self.cache, ignore=ignore, verbose=verbose, mmap_mode=mmap_mode,
                 cache_validation_callback=cache_validation_callback,
             )
-        if cache_validation_callback is not None and not callable(cache_validation_callback):
-            raise TypeError("cache_validation_callback must be callable")
         if isinstance(func, (MemorizedFunc, NotMemorizedFunc)):
             func = func.func
         if self.location is None:
@@ -206,6 +210,8 @@ class Memory:
         age_limit : datetime.timedelta, optional
             Entries not accessed for longer are removed.
         """
+        if age_limit is not None and age_limit.total_seconds() < 0:
+            raise ValueError(f"age_limit must be a positive timedelta, not {age_limit}")
         store = self._store()
         if store is None:
             return

@@ -129,6 +129,9 @@ class LocalStore:
             with contextlib.suppress(OSError):
                 _write_json(tmp, {"format_version": FORMAT_VERSION})
                 os.replace(tmp, marker)
+            # As joblib 1.6 does: a cache inside a repository stays out of its commits.
+            with contextlib.suppress(OSError), open(self.root / ".gitignore", "x") as f:
+                f.write("# Created by arraycache automatically.\n*\n")
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"

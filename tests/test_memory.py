@@ -324,7 +324,7 @@ def test_unstorable_result_warns_and_returns_the_value(memory, location):
 def test_bad_constructor_arguments(location):
     with pytest.raises(ValueError, match="mmap_mode"):
         arraycache.Memory(location, mmap_mode="rw")
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(TypeError, match="backend"):
         arraycache.Memory(location, backend="s3-please")
     with pytest.raises(TypeError, match="location"):
         arraycache.Memory(42)

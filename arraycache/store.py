@@ -310,7 +310,7 @@ class LocalStore:
         if not target.exists():
             return
         for child in list(target.iterdir()):
-            if child.name == "arraycache.json":
+            if child.name in ("arraycache.json", ".gitignore"):
                 continue
             if child.is_dir():
                 self.delete(child)

@@ -62,6 +62,8 @@ def test_new_cache_folder_is_ignored_by_git(tmp_path: Path) -> None:
                             cwd=tmp_path / "repo", capture_output=True, text=True, check=True)
     assert status.stdout == ""
     assert (location / ".gitignore").read_text().splitlines()[-1] == "*"
+    memory.clear(warn=False)
+    assert (location / ".gitignore").exists()
     # A .gitignore the user edited is left alone.
     (location / ".gitignore").write_text("mine\n")
     arraycache.Memory(location, verbose=0).cache(lambda x: x)(1)

@@ -3,18 +3,22 @@
 Lifetime (the choice, and why):
 
 - One *process folder* per filesystem root (``/dev/shm``, the temp dir, or a
-  ``temp_folder``), named ``arraycache-<pid>-<random>``, created on first use and
-  removed at interpreter exit (``atexit`` and ``weakref.finalize``).  It must
-  outlive a single ``Parallel`` call, because an array written for one call is
-  reused by later calls (files are named by content digest).  Inside it, each
-  written file lives only as long as the array it was written from (see
-  ``_sharing``), so the folder does not grow without bound.
+  ``temp_folder``), named ``arraycache-<pid>-<random>``, created when a call first
+  needs that root and removed at interpreter exit (``atexit`` and
+  ``weakref.finalize``).  It must outlive a single ``Parallel`` call, because an
+  array written for one call is reused by later calls (files are named by content
+  digest); what it keeps is bounded by ``_sharing``.
 - One *call folder* per call and root, ``<process folder>/call-<random>``, where
   workers write large results; it is removed when the call ends (success, error,
   interrupt, generator closed or collected).  Results handed to the caller are
   first moved out of it, and live as long as the returned array.
-- Folders of processes that no longer exist (``kill -9``, a crash) are removed the
-  next time a process creates its own.
+- Beside each process folder, ``arraycache-<pid>-<random>.lock`` is held with
+  ``flock`` by its owner for its whole life.  Folders whose lock nobody holds (the
+  kernel drops a lock when its holder dies: ``kill -9``, a crash) are removed the
+  next time a process creates its own.  The pid in the name is only for people:
+  a pid says nothing about a process of another PID namespace sharing the same
+  ``/dev/shm`` or temp dir (containers run with ``--ipc=host``, pods, NFS), and it
+  can be reused; a lock is proof.
 
 Folders are 0700 and files 0600: other users cannot read what tasks receive.
 """
@@ -23,22 +27,37 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 
 import psutil
 
-__all__ = ["ProcessFolders", "make_private_dir", "pick_root", "remove_stale_folders"]
+__all__ = [
+    "ProcessFolders",
+    "candidate_roots",
+    "hold_lock",
+    "make_private_dir",
+    "pick_root",
+    "remove_stale_folders",
+    "take_abandoned_lock",
+]
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
 PREFIX = "arraycache-"
+LOCK_SUFFIX = ".lock"
 _NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]+$")
+_LOCK_NAME = re.compile(rf"^({PREFIX}\d+-[0-9a-f]+){re.escape(LOCK_SUFFIX)}$")
+# A lock file being created (see hold_lock); left behind only by a crash in that instant.
+_NEW_LOCK = re.compile(rf"^\.{PREFIX}\d+-[0-9a-f]+{re.escape(LOCK_SUFFIX)}\.[0-9a-f]+$")
+_NEW_LOCK_MIN_AGE = 3600.0
 SHM = "/dev/shm"
 # /dev/shm is RAM: leave this much free beside the array so the machine keeps breathing.
 _SHM_MARGIN = 256 << 20
@@ -52,22 +71,39 @@ def shm_root() -> str | None:
 
 
 def has_room(root: str, nbytes: int) -> bool:
-    """True if the filesystem of ``root`` has room for ``nbytes`` and a safety margin."""
+    """True if the filesystem of ``root`` has room for ``nbytes`` and a safety margin.
+
+    For ``/dev/shm`` the room is also bounded by the memory available: its size limit
+    (half the RAM by default) is no promise that the RAM is free.
+    """
     try:
         free = psutil.disk_usage(root).free
+        if root == SHM:
+            free = min(free, psutil.virtual_memory().available)
     except OSError:
         return False
     return free >= nbytes + max(_SHM_MARGIN, nbytes // 10)
 
 
-def pick_root(nbytes: int, temp_folder: str | None) -> str:
-    """Root to write an array of ``nbytes`` into: ``temp_folder``, else shm if it has room."""
+def candidate_roots(nbytes: int, temp_folder: str | None) -> list[str]:
+    """Roots to try, in order, for writing ``nbytes``.
+
+    ``temp_folder`` alone if given (the user chose it); else ``/dev/shm`` when it has
+    room, then the temporary directory on disk.
+    """
     if temp_folder is not None:
-        return os.path.abspath(temp_folder)
+        return [os.path.abspath(temp_folder)]
+    roots = []
     shm = shm_root()
     if shm is not None and has_room(shm, nbytes):
-        return shm
-    return tempfile.gettempdir()
+        roots.append(shm)
+    roots.append(tempfile.gettempdir())
+    return roots
+
+
+def pick_root(nbytes: int, temp_folder: str | None) -> str:
+    """Root to write an array of ``nbytes`` into: ``temp_folder``, else shm if it has room."""
+    return candidate_roots(nbytes, temp_folder)[0]
 
 
 def make_private_dir(path: str) -> str:
@@ -79,45 +115,128 @@ def make_private_dir(path: str) -> str:
     return path
 
 
-def _owner_gone(pid: int, folder: str) -> bool:
-    if pid == os.getpid():
-        return False
+# --- liveness by lock --------------------------------------------------------------------------
+
+
+def hold_lock(path: str) -> int:
+    """Create the lock file ``path``, held (``flock`` LOCK_EX) by this process; return its fd.
+
+    Keep the fd open for as long as the thing the lock stands for lives: the kernel
+    releases the lock when the process dies, however it dies.  The file is created
+    under a temporary name and renamed once locked, so nobody can ever find ``path``
+    unlocked while its owner lives (a sweeper would take it for a dead one's).  The fd
+    is not inherited across ``exec`` (workers do not keep it alive); a ``fork`` child
+    shares it, and then the lock lives as long as either process.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be created (read-only or full file system, no permission).
+    """
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        process = psutil.Process(pid)
-        # A pid reused by a process started after the folder was made is not the owner.
-        return process.create_time() > os.stat(folder).st_mtime + 1.0
-    except psutil.NoSuchProcess:
-        return True
-    except (psutil.Error, OSError):
-        return False
+        # A file nobody else has opened yet: this cannot block.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return fd
+
+
+def take_abandoned_lock(path: str) -> int | None:
+    """The fd of lock file ``path``, now held by us, if its owner is gone; else None.
+
+    None also when the file is missing or cannot be opened: only a lock we can take
+    proves that nobody holds it.  Close the fd once done with what it guarded.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def remove_stale_folders(root: str) -> list[str]:
-    """Remove ``arraycache-<pid>-*`` folders in ``root`` whose process is gone."""
-    removed = []
+    """Remove the process folders in ``root`` whose owner no longer holds their lock.
+
+    A folder without a lock file beside it is kept: nothing proves its owner is gone
+    (it was made by an older version, or its lock file was removed by hand).
+
+    Returns
+    -------
+    list of str
+        The folders removed (whether or not the folder itself still existed).
+    """
+    removed: list[str] = []
     try:
         names = os.listdir(root)
     except OSError:
         return removed
     for name in names:
-        match = _NAME.match(name)
-        if match is None:
-            continue
-        path = os.path.join(root, name)
-        if _owner_gone(int(match.group(1)), path):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        match = _LOCK_NAME.match(name)
+        if match is not None:
+            lock = os.path.join(root, name)
+            fd = take_abandoned_lock(lock)
+            if fd is None:
+                continue
+            folder = os.path.join(root, match.group(1))
+            try:
+                shutil.rmtree(folder, ignore_errors=True)
+                # The lock goes last: while it exists, the folder is not orphaned.
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+            finally:
+                os.close(fd)
+            removed.append(folder)
+        elif _NEW_LOCK.match(name):
+            _remove_interrupted_lock(os.path.join(root, name))
     return removed
 
 
-def _remove_all(paths: dict[str, str]) -> None:
-    # Only the process that made the folders removes them (a forked child inherits
-    # the dict and the atexit hook).
-    for path in list(paths.values()):
+def _remove_interrupted_lock(path: str) -> None:
+    # hold_lock locks its temporary file right after creating it: a file that is old
+    # and unlocked was left by a process that died in between.
+    fd = take_abandoned_lock(path)
+    if fd is None:
+        return
+    try:
+        if time.time() - os.fstat(fd).st_mtime > _NEW_LOCK_MIN_AGE:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+# --- this process's folders --------------------------------------------------------------------
+
+
+def _remove_all(paths: dict[str, str], locks: dict[str, int]) -> None:
+    # Only the process that made the folders removes them (a forked child inherits the
+    # dicts, the lock fds and the atexit hook).  Its lock fds are closed, never unlocked:
+    # LOCK_UN from a fork child would release the parent's lock too.
+    for root, path in list(paths.items()):
         match = _NAME.match(os.path.basename(path))
-        if match is not None and int(match.group(1)) == os.getpid():
-            shutil.rmtree(path, ignore_errors=True)
+        if match is None or int(match.group(1)) != os.getpid():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        fd = locks.pop(root, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path + LOCK_SUFFIX)
+            with contextlib.suppress(OSError):
+                os.close(fd)
     paths.clear()
+    locks.clear()
 
 
 class ProcessFolders:
@@ -125,35 +244,73 @@ class ProcessFolders:
 
     def __init__(self) -> None:
         self._paths: dict[str, str] = {}
+        self._locks: dict[str, int] = {}
         self._lock = threading.Lock()
         self._cleaned: set[str] = set()
-        self._finalizer = weakref.finalize(self, _remove_all, self._paths)
+        self._finalizer = weakref.finalize(self, _remove_all, self._paths, self._locks)
         atexit.register(self._finalizer)
 
     def folder(self, root: str) -> str:
-        """The process folder under ``root``, made (0700) on first use."""
-        return make_private_dir(self.reserve(root))
+        """The process folder under ``root``, made (0700, with its held lock) if missing.
 
-    def reserve(self, root: str) -> str:
-        """The process folder under ``root``, named now, made later by whoever writes first."""
+        Raises
+        ------
+        OSError
+            If it cannot be made (read-only or full file system, no permission).
+        """
         with self._lock:
-            path = self._paths.get(root)
-            if path is None:
-                if root not in self._cleaned:
-                    self._cleaned.add(root)
-                    remove_stale_folders(root)
-                path = os.path.join(root, f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-                self._paths[root] = path
+            path = self._name(root)
+            self._make(root, path)
             return path
 
+    def reserve(self, root: str) -> str:
+        """The process folder under ``root``; made now if possible, never raises.
+
+        Workers create their call folders inside it, so it is made (with its lock)
+        here, by its owner: a folder made without a lock could never be proven dead.
+        """
+        with self._lock:
+            path = self._name(root)
+            with contextlib.suppress(OSError):
+                self._make(root, path)
+            return path
+
+    def _name(self, root: str) -> str:
+        path = self._paths.get(root)
+        if path is None:
+            if root not in self._cleaned:
+                self._cleaned.add(root)
+                remove_stale_folders(root)
+            path = os.path.join(root, f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+            self._paths[root] = path
+        return path
+
+    def _make(self, root: str, path: str) -> None:
+        if root not in self._locks:
+            # The lock first: from the moment the folder exists, it is provably alive.
+            self._locks[root] = hold_lock(path + LOCK_SUFFIX)
+        if not os.path.isdir(path):
+            make_private_dir(path)
+
     def existing(self) -> list[str]:
-        """Process folders made so far."""
+        """Process folders named so far."""
         return list(self._paths.values())
 
     def remove(self) -> None:
         """Remove every process folder now (files in use stay mapped until unmapped)."""
         with self._lock:
-            _remove_all(self._paths)
+            _remove_all(self._paths, self._locks)
+
+    def remove_root(self, root: str) -> None:
+        """Remove the process folder under ``root`` now and let go of its lock file.
+
+        For a ``temp_folder`` that is about to be unmounted; a later call that writes
+        there makes a new folder.
+        """
+        with self._lock:
+            paths = {root: self._paths.pop(root)} if root in self._paths else {}
+            locks = {root: self._locks.pop(root)} if root in self._locks else {}
+            _remove_all(paths, locks)
 
 
 def call_folder_name() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -61,7 +62,7 @@ def _no_reference(_arr: np.ndarray) -> None:
     return None
 
 
-def _culprit(tasks: list[Task], first_index: int) -> str:
+def _culprit(tasks: list[Task], first_index: int, error: Exception) -> str:
     """Name the first part of ``tasks`` that does not pickle (arrays are not tried)."""
     for position, (func, args, kwargs) in enumerate(tasks):
         where = f"task {first_index + position}"
@@ -77,7 +78,13 @@ def _culprit(tasks: list[Task], first_index: int) -> str:
                     f"{name} (a '{kind.__module__}.{kind.__qualname__}') cannot be sent to "
                     f"a worker: {type(exc).__name__}: {exc}"
                 )
-    return "a task cannot be sent to a worker"
+    # Every part pickles on its own: what failed is the sharing of an array (its file).
+    where = _tasks(first_index, first_index + len(tasks) - 1)
+    return f"{where} cannot be sent to a worker: {type(error).__name__}: {error}"
+
+
+def _tasks(first: int, last: int) -> str:
+    return f"task {first}" if first == last else f"tasks {first} to {last}"
 
 
 def dumps_batch(
@@ -97,7 +104,7 @@ def dumps_batch(
     try:
         return _dumps((nesting_limit, results, first_index, tasks), reference)
     except Exception as exc:
-        raise TaskPicklingError(_culprit(tasks, first_index)) from exc
+        raise TaskPicklingError(_culprit(tasks, first_index, exc)) from exc
 
 
 # --- worker side ---------------------------------------------------------------------------
@@ -132,6 +139,41 @@ def run_tasks(tasks: list[Task], nesting_limit: int) -> tuple[list, tuple | None
     return results, error, time.perf_counter() - start
 
 
+class _At:
+    """Marks, in a pickle of results, where what one task sent back starts.
+
+    Unpickling calls :func:`_reached` at each mark, so when rebuilding a value fails in
+    the caller (its class is not importable there, its ``__reduce__`` raises, its file
+    is gone), the error can name the task.  It costs one small call per task.
+    """
+
+    __slots__ = ("index", "kind")
+
+    def __init__(self, index: int, kind: str) -> None:
+        self.index, self.kind = index, kind
+
+    def __reduce__(self) -> tuple:
+        return _reached, (self.index, self.kind)
+
+
+_rebuilding = threading.local()
+
+
+def _reached(index: int, kind: str) -> None:
+    _rebuilding.at = (index, kind)
+
+
+def _payload(
+    results: list, first_index: int | None, error: tuple | None, duration: float,
+    reference: Callable[[np.ndarray], Reference | None] = _no_reference,
+) -> bytes:
+    first = first_index or 0
+    marked = [x for i, value in enumerate(results) for x in (_At(first + i, "result"), value)]
+    known = error is not None and first_index is not None
+    mark = _At(first + error[0], "exception") if known else None
+    return _dumps((marked, mark, error, duration), reference)
+
+
 def run_batch_in_worker(payload: bytes) -> bytes:
     """Entry point in a worker process: unpickle a batch, run it, pickle what it gave."""
     try:
@@ -139,7 +181,7 @@ def run_batch_in_worker(payload: bytes) -> bytes:
     except BaseException as exc:
         text = traceback.format_exc()
         error = (0, _sendable_exception(exc), "while unpickling the batch:\n" + text)
-        return cloudpickle.dumps(([], error, 0.0))
+        return _payload([], None, error, 0.0)
     results, error, duration = run_tasks(tasks, nesting_limit)
     if error is not None:
         position, exc, text = error
@@ -149,7 +191,7 @@ def run_batch_in_worker(payload: bytes) -> bytes:
         return result_reference(arr, spec)
 
     try:
-        return _dumps((results, error, duration), reference)
+        return _payload(results, first_index, error, duration, reference)
     except Exception as exc:
         for position, value in enumerate(results):
             try:
@@ -161,11 +203,29 @@ def run_batch_in_worker(payload: bytes) -> bytes:
                     f"{kind.__qualname__}') cannot be sent back from the worker: "
                     f"{type(value_exc).__name__}: {value_exc}"
                 )
-                return cloudpickle.dumps((results[:position], (position, failure, ""), duration))
+                return _payload(results[:position], first_index, (position, failure, ""),
+                                duration, reference)
         failure = TaskPicklingError(f"the results cannot be sent back: {exc}")
-        return cloudpickle.dumps(([], (0, failure, traceback.format_exc()), duration))
+        return _payload([], first_index, (0, failure, traceback.format_exc()), duration)
 
 
 def loads_results(data: bytes) -> tuple[list, tuple | None, float]:
-    """Caller side of :func:`run_batch_in_worker`; large arrays come back as ``np.memmap``."""
-    return pickle.loads(data)
+    """Caller side of :func:`run_batch_in_worker`; large arrays come back as ``np.memmap``.
+
+    An error while rebuilding a result or an exception gets a note naming its task.
+    """
+    _rebuilding.at = None
+    try:
+        marked, _mark, error, duration = pickle.loads(data)
+    except Exception as exc:
+        at = _rebuilding.at
+        if at is not None:
+            index, kind = at
+            what = "the result of" if kind == "result" else "the exception raised by"
+            exc.add_note(
+                f"(while rebuilding in the caller {what} task {index}, sent back by its worker)"
+            )
+        raise
+    finally:
+        _rebuilding.at = None
+    return marked[1::2], error, duration

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from arraycache.parallel import Parallel, delayed, register_mapped_file
-from arraycache.parallel._folders import FOLDERS, PREFIX, remove_stale_folders
-from arraycache.parallel._sharing import REGISTRY
+from arraycache.parallel._folders import FOLDERS, PREFIX
+from arraycache.parallel._pool import POOL
 
 from .conftest import shared_files
 
@@ -136,7 +136,7 @@ def test_big_array_written_once_and_reused_across_calls():
     first = Parallel(2)(delayed(describe)(data) for _ in range(6))
     files = shared_files()
     assert len(files) == 1 and files[0].endswith(".bin")
-    assert REGISTRY.paths() == files
+    assert POOL.paths() == files
     assert {row[1] for row in first} == set(files)
     assert {row[:4] for row in first} == {("memmap", files[0], "r", False)}
     assert first[0][4] == pytest.approx(data.sum())
@@ -145,11 +145,11 @@ def test_big_array_written_once_and_reused_across_calls():
     Parallel(2)(delayed(describe)(data) for _ in range(3))
     assert shared_files() == files
     assert (os.stat(files[0]).st_ino, os.stat(files[0]).st_mtime_ns) == (inode, mtime)
-    # A changed array is hashed again and gets a new file.
+    # A changed array is hashed again and gets a new file, which replaces the old one.
     data[0] += 1
     (row,) = Parallel(2)(delayed(describe)(data) for _ in range(1))
     assert row[1] not in files and row[4] == pytest.approx(data.sum())
-    assert len(shared_files()) == 2
+    assert shared_files() == [row[1]]
     # Files live as long as the array they were written from.
     del data
     gc.collect()
@@ -277,26 +277,6 @@ def test_cleanup_after_error_interrupt_and_generator_close():
     del gen
     gc.collect()
     assert shared_files() == []
-
-
-def test_stale_folders_of_dead_processes_are_removed(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / f"{PREFIX}{dead.pid}-0123456789ab"
-    stale.mkdir()
-    (stale / "left.bin").write_bytes(b"x")
-    alive = tmp_path / f"{PREFIX}{os.getppid()}-0123456789ab"
-    alive.mkdir()
-    unrelated = tmp_path / "arraycache-notapid"
-    unrelated.mkdir()
-    assert remove_stale_folders(str(tmp_path)) == [str(stale)]
-    assert alive.exists() and unrelated.exists()
-    # A new sharing folder in a root cleans that root first.
-    stale.mkdir()
-    data = np.full(BIG, 3.0)
-    Parallel(2, temp_folder=str(tmp_path))(delayed(describe)(data) for _ in [0])
-    assert not stale.exists()
-    del data
 
 
 def test_folders_removed_at_interpreter_exit(tmp_path: Path):

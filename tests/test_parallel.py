@@ -278,7 +278,7 @@ def test_context_manager_reuses_workers():
 def test_context_manager_refuses_overlapping_calls():
     with Parallel(n_jobs=2, return_as="generator") as parallel:
         gen = parallel(delayed(square)(i) for i in range(4))
-        with pytest.raises(RuntimeError, match="still running"):
+        with pytest.raises(RuntimeError, match="already running"):
             parallel(delayed(square)(i) for i in range(4))
         assert list(gen) == [0, 1, 4, 9]
         assert list(parallel(delayed(square)(i) for i in range(2))) == [0, 1]

@@ -1,8 +1,11 @@
 """Parallel runner: joblib's ``Parallel``/``delayed``, with arrays shared through files.
 
 Modules, one job each: ``_config`` (parallel_config, backend registry, CPU counts),
-``_backends`` (sequential, threads, loky processes), ``_batching`` (delayed, batch
-sizes), ``_dispatch`` (one call: dispatch, collection, errors, cleanup),
+``_backends`` (sequential, threads, loky and multiprocessing processes),
+``_joblib_backends`` (backends written for joblib, through an adapter), ``_resolve``
+(from a backend name, instance or context to a backend), ``_batching`` (delayed, batch
+sizes), ``_dispatch`` (one call: dispatch, collection, errors, cleanup), ``_timing``
+(when a batch starts running, for timeouts),
 ``_pickling`` (task/result pickling, the worker entry point), ``_sharing`` (arrays as
 file references), ``_folders`` (private sharing folders and their lifetime),
 ``_progress`` (verbose messages), ``_parallel`` (the ``Parallel`` class).
@@ -10,7 +13,13 @@ file references), ``_folders`` (private sharing folders and their lifetime),
 
 from __future__ import annotations
 
-from ._backends import LokyBackend, ParallelBackend, SequentialBackend, ThreadingBackend
+from ._backends import (
+    LokyBackend,
+    MultiprocessingBackend,
+    ParallelBackend,
+    SequentialBackend,
+    ThreadingBackend,
+)
 from ._batching import delayed
 from ._config import (
     cpu_count,
@@ -19,14 +28,23 @@ from ._config import (
     parallel_config,
     register_parallel_backend,
 )
-from ._errors import RemoteTaskError, TaskPicklingError, WorkerDiedError
+from ._errors import (
+    BackendParameterError,
+    ParallelTimeoutError,
+    RemoteTaskError,
+    TaskPicklingError,
+    WorkerDiedError,
+)
 from ._parallel import Parallel
 from ._sharing import register_mapped_file
 
 __all__ = [
+    "BackendParameterError",
     "LokyBackend",
+    "MultiprocessingBackend",
     "Parallel",
     "ParallelBackend",
+    "ParallelTimeoutError",
     "RemoteTaskError",
     "SequentialBackend",
     "TaskPicklingError",

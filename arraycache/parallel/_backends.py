@@ -1,19 +1,37 @@
-"""Backends: where batches of tasks run (inline, in threads, in loky worker processes).
+"""Backends: where batches of tasks run (inline, in threads, in worker processes).
 
 A backend only runs callables and hands back ``concurrent.futures.Future`` objects;
-dispatch, batching, ordering and array sharing live in ``_parallel``/``_sharing``.
+dispatch, batching, ordering and array sharing live in ``_dispatch``/``_sharing``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import multiprocessing
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ._config import BACKENDS, cpu_count
+from ._batching import AutoBatchSize
+from ._config import (
+    BACKENDS,
+    cpu_count,
+    effective_n_jobs,
+    in_worker_thread,
+    nesting_limit,
+    reset_thread_state,
+)
+from ._loky import LOKY_CONTEXT, get_reusable_executor
 
-__all__ = ["LokyBackend", "ParallelBackend", "SequentialBackend", "ThreadingBackend"]
+__all__ = [
+    "LokyBackend",
+    "MultiprocessingBackend",
+    "ParallelBackend",
+    "SequentialBackend",
+    "ThreadingBackend",
+]
 
 # Thread pools of BLAS/OpenMP libraries in worker processes are limited to
 # cpu_count() // n_jobs threads, as joblib does, to avoid oversubscription.
@@ -26,6 +44,7 @@ _THREAD_LIMIT_VARS = (
     "NUMBA_NUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+_WORKER_OPTIONS = ("initializer", "initargs")
 
 
 class ParallelBackend:
@@ -34,14 +53,27 @@ class ParallelBackend:
     Attributes
     ----------
     uses_processes : bool
-        Tasks run in other processes: arguments and results are pickled and
-        large arrays are shared through files.
+        Tasks run in other processes of this machine: arguments and results are
+        pickled by arraycache and large arrays are shared through files.
     supports_sharedmem : bool
         Tasks see the caller's memory (``require='sharedmem'`` is satisfied).
+    supports_timeout : bool
+        ``Parallel(timeout=...)`` is applied.
+    supports_inner_max_num_threads : bool
+        ``parallel_config(inner_max_num_threads=...)`` is applied.
+    reports_running : bool
+        ``Future.running()`` is true only once a worker has started the batch (it
+        then times the batch for ``timeout``).
+    default_n_jobs : int
+        Workers used when neither ``Parallel`` nor ``parallel_config`` sets ``n_jobs``.
     """
 
     uses_processes = False
     supports_sharedmem = True
+    supports_timeout = True
+    supports_inner_max_num_threads = False
+    reports_running = False
+    default_n_jobs = 1
     #: Name shown in verbose messages.
     name = "backend"
 
@@ -49,14 +81,38 @@ class ParallelBackend:
         self.kwargs = kwargs
         self.n_jobs = 1
 
-    def configure(self, n_jobs: int) -> int:
-        """Get ready to run tasks on ``n_jobs`` workers; return the number of workers."""
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        """Number of workers that ``n_jobs`` means for this backend (see ``effective_n_jobs``)."""
+        return effective_n_jobs(n_jobs)
+
+    def configure(self, n_jobs: int, **options: Any) -> int:
+        """Get ready to run tasks on ``n_jobs`` workers; return the number of workers.
+
+        ``options`` are the extra keyword arguments of ``Parallel`` (``initializer``,
+        ``initargs``, ...); a backend that takes none refuses them.
+        """
+        if options:
+            raise TypeError(f"backend {self.name} takes no options; got {sorted(options)}")
         self.n_jobs = n_jobs
         return n_jobs
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
         """Start ``fn(*args)`` and return its future."""
         raise NotImplementedError
+
+    def batch_sizer(self) -> Any:
+        """The rule for ``batch_size='auto'``: an object with ``size`` and ``record()``."""
+        return AutoBatchSize()
+
+    def start_call(self) -> None:
+        """Called when a ``Parallel`` call starts dispatching."""
+
+    def stop_call(self) -> None:
+        """Called when a ``Parallel`` call ends (before :meth:`stop`, if that is called)."""
+
+    def retrieval_context(self) -> contextlib.AbstractContextManager:
+        """Context entered while the call waits for and hands out results."""
+        return contextlib.nullcontext()
 
     def abort(self) -> None:
         """Stop what is still running as soon as possible (after an error or interrupt)."""
@@ -68,12 +124,47 @@ class ParallelBackend:
         """Release resources at the end of a call or of a ``with Parallel(...)`` block."""
 
 
+def _worker_options(
+    backend: Any, options: dict[str, Any], allowed: tuple[str, ...] = _WORKER_OPTIONS
+) -> dict[str, Any]:
+    """``initializer``/``initargs`` (and ``allowed`` extras): the call's, else the backend's."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"backend {backend.name} does not take {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(map(repr, allowed))}"
+        )
+    merged = {"initializer": backend.initializer, "initargs": backend.initargs, **options}
+    if merged["initializer"] is not None and not callable(merged["initializer"]):
+        raise TypeError(f"initializer must be callable, not {merged['initializer']!r}")
+    merged["initargs"] = tuple(merged["initargs"])
+    return merged
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of pool settings that never raises (initargs may hold arrays)."""
+    if a is b:
+        return True
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
 class SequentialBackend(ParallelBackend):
     """Runs each task inline, in the calling thread, when it is dispatched."""
 
     name = "SequentialBackend"
+    supports_timeout = False
 
-    def configure(self, n_jobs: int) -> int:
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        effective_n_jobs(n_jobs)  # validates
+        return 1
+
+    def configure(self, n_jobs: int, **options: Any) -> int:
+        # Like joblib: inline, worker options (an initializer) have no workers to go to.
         self.n_jobs = 1
         return 1
 
@@ -89,19 +180,31 @@ class SequentialBackend(ParallelBackend):
 
 
 class ThreadingBackend(ParallelBackend):
-    """Runs tasks in a thread pool of this process; useful when tasks release the GIL."""
+    """Runs tasks in a thread pool of this process; useful when tasks release the GIL.
+
+    ``initializer(*initargs)`` runs in each new thread of the pool.
+    """
 
     name = "ThreadingBackend"
+    reports_running = True
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, initializer: Callable[..., Any] | None = None, initargs: tuple = ()):
+        super().__init__()
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
         self._pool: cf.ThreadPoolExecutor | None = None
+        self._key: tuple = ()
 
-    def configure(self, n_jobs: int) -> int:
-        if self._pool is not None and self.n_jobs != n_jobs:
+    def configure(self, n_jobs: int, **options: Any) -> int:
+        opts = _worker_options(self, options)
+        key = (n_jobs, opts["initializer"], opts["initargs"])
+        if self._pool is not None and not _same(key, self._key):
             self.stop()
         if self._pool is None:
-            self._pool = cf.ThreadPoolExecutor(n_jobs, thread_name_prefix="arraycache-parallel")
+            self._pool = cf.ThreadPoolExecutor(
+                n_jobs, thread_name_prefix="arraycache-parallel", **opts
+            )
+            self._key = key
         self.n_jobs = n_jobs
         return n_jobs
 
@@ -121,27 +224,55 @@ class ThreadingBackend(ParallelBackend):
             self._pool = None
 
 
+def _nested_process_pool(kind: str, n_jobs: int) -> int:
+    """1, with joblib's warning, where a process pool must not start; else ``n_jobs``."""
+    if n_jobs == 1:
+        return 1
+    if in_worker_thread():
+        # Forking from a thread that is not the main one can deadlock the child.
+        warnings.warn(
+            f"{kind}-backed parallel loops cannot be nested below threads, setting n_jobs=1",
+            stacklevel=4,
+        )
+        return 1
+    if kind == "Multiprocessing" and nesting_limit() is not None:
+        warnings.warn(
+            "Multiprocessing-backed parallel loops cannot be nested, setting n_jobs=1",
+            stacklevel=4,
+        )
+        return 1
+    return n_jobs
+
+
 class LokyBackend(ParallelBackend):
     """Runs tasks in loky's reusable pool of worker processes.
 
     Workers outlive a call (they are reused by the next one and shut down after
-    ``idle_worker_timeout`` seconds of idleness), as with joblib.
+    ``idle_worker_timeout`` seconds of idleness), as with joblib.  A call with
+    another ``initializer``/``initargs`` than the pool's gets new workers.
     """
 
     name = "LokyBackend"
     uses_processes = True
     supports_sharedmem = False
+    supports_inner_max_num_threads = True
 
     def __init__(
         self,
         idle_worker_timeout: float = 300,
         inner_max_num_threads: int | None = None,
-        **kwargs: Any,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple = (),
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__()
         self.idle_worker_timeout = idle_worker_timeout
         self.inner_max_num_threads = inner_max_num_threads
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
         self._executor: Any = None
+
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        return _nested_process_pool("Loky", effective_n_jobs(n_jobs))
 
     def _worker_env(self, n_jobs: int) -> dict[str, str]:
         n_threads = self.inner_max_num_threads or max(cpu_count() // n_jobs, 1)
@@ -149,18 +280,21 @@ class LokyBackend(ParallelBackend):
         for var in _THREAD_LIMIT_VARS:
             value = os.environ.get(var) if self.inner_max_num_threads is None else None
             env[var] = value if value is not None else str(n_threads)
+        if "ENABLE_IPC" not in os.environ:
+            # TBB schedulers of the workers coordinate instead of oversubscribing.
+            env["ENABLE_IPC"] = "1"
         return env
 
-    def configure(self, n_jobs: int) -> int:
-        from loky import get_reusable_executor
-
+    def configure(self, n_jobs: int, **options: Any) -> int:
+        opts = _worker_options(self, options, (*_WORKER_OPTIONS, "idle_worker_timeout"))
+        idle = opts.pop("idle_worker_timeout", self.idle_worker_timeout)
         self.n_jobs = n_jobs
         # Arguments are pickled by arraycache itself (see _pickling), so the executor
-        # needs no reducers and is the same object from call to call.
+        # needs no reducers and is the same object from call to call; loky starts new
+        # workers when the initializer, its arguments or the environment change.
         self._executor = get_reusable_executor(
-            max_workers=n_jobs,
-            timeout=self.idle_worker_timeout,
-            env=self._worker_env(n_jobs),
+            max_workers=n_jobs, timeout=idle, env=self._worker_env(n_jobs),
+            context=LOKY_CONTEXT, **opts,
         )
         return n_jobs
 
@@ -190,8 +324,98 @@ class LokyBackend(ParallelBackend):
         self._executor = None
 
 
+def _start_worker(initializer: Callable[..., Any] | None, initargs: tuple) -> None:
+    """First thing in a multiprocessing worker: drop what a fork copied, run the initializer."""
+    # A forked worker starts with the caller's thread state: its parallel_config blocks
+    # and nesting limit belong to the caller, not to the tasks.
+    reset_thread_state()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class MultiprocessingBackend(ParallelBackend):
+    """Runs tasks in a pool of ``multiprocessing`` worker processes, as joblib's backend.
+
+    The pool lives for one call (or one ``with Parallel(...)`` block); the workers
+    start with ``context`` (default: ``multiprocessing.get_context()``, i.e. fork on
+    Linux), so functions defined in ``__main__`` need the fork start method.  Large
+    arrays are shared through files exactly as with loky.  A worker that dies is
+    reported (``WorkerDiedError``), not waited for.
+    """
+
+    name = "MultiprocessingBackend"
+    uses_processes = True
+    supports_sharedmem = False
+
+    def __init__(
+        self,
+        context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple = (),
+    ) -> None:
+        super().__init__()
+        if isinstance(context, str):
+            context = multiprocessing.get_context(context)
+        self.context = context
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._key: tuple = ()
+
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        return _nested_process_pool("Multiprocessing", effective_n_jobs(n_jobs))
+
+    def configure(self, n_jobs: int, **options: Any) -> int:
+        opts = _worker_options(self, options)
+        context = self.context or multiprocessing.get_context()
+        key = (n_jobs, context, opts["initializer"], opts["initargs"])
+        # A pool whose worker died cannot take new tasks (``_broken``, set by CPython).
+        if self._pool is not None and (
+            getattr(self._pool, "_broken", False) or not _same(key, self._key)
+        ):
+            self.stop()
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(
+                n_jobs,
+                mp_context=context,
+                initializer=_start_worker,
+                initargs=(opts["initializer"], opts["initargs"]),
+            )
+            self._key = key
+        self.n_jobs = n_jobs
+        return n_jobs
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        assert self._pool is not None, "configure() first"
+        return self._pool.submit(fn, *args)
+
+    def abort(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # Running tasks cannot be cancelled: kill the workers, as joblib terminates its
+        # Pool.  Python < 3.14 has no public way, hence the private process table.
+        kill = getattr(pool, "kill_workers", None)
+        if kill is not None:
+            kill()
+        else:
+            processes = getattr(pool, "_processes", None) or {}
+            for process in list(processes.values()):
+                with contextlib.suppress(Exception):
+                    process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 BACKENDS.update(
     sequential=SequentialBackend,
     threading=ThreadingBackend,
     loky=LokyBackend,
+    multiprocessing=MultiprocessingBackend,
 )
+#: The backend classes of arraycache (their constructors take keyword options only).
+BUILTIN_BACKENDS = frozenset(BACKENDS.values())

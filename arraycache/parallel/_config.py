@@ -10,12 +10,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import loky
+from ._loky import loky
 
 __all__ = [
     "BACKENDS",
     "DEFAULTS",
+    "UNSET",
     "active_config",
+    "check_hints",
     "cpu_count",
     "effective_n_jobs",
     "parallel_backend",
@@ -58,6 +60,17 @@ def set_nesting_limit(n_jobs: int | None) -> int | None:
     previous = getattr(_state, "nested_n_jobs", None)
     _state.nested_n_jobs = n_jobs
     return previous
+
+
+def reset_thread_state() -> None:
+    """Forget this thread's configuration and nesting (in a worker forked from a caller)."""
+    _state.__dict__.clear()
+
+
+def in_worker_thread() -> bool:
+    """True inside a task running in a thread of a ``Parallel`` call (not the main thread)."""
+    main = threading.main_thread()
+    return nesting_limit() is not None and threading.current_thread() is not main
 
 
 def active_config() -> dict[str, Any]:
@@ -112,7 +125,9 @@ def effective_n_jobs(n_jobs: int | None = -1) -> int:
             n_jobs = 1
     n_jobs = int(n_jobs)
     if n_jobs == 0:
-        raise ValueError("n_jobs == 0 has no meaning; use a positive number or -1")
+        raise ValueError(
+            "n_jobs == 0 in Parallel has no meaning; use a positive number, or -1 for all CPUs"
+        )
     if n_jobs < 0:
         n_jobs = max(cpu_count() + 1 + n_jobs, 1)
     limit = nesting_limit()
@@ -121,21 +136,71 @@ def effective_n_jobs(n_jobs: int | None = -1) -> int:
     return n_jobs
 
 
+class _Unset:
+    """Marks a parameter left out (``None`` is a value: it resets to the default)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()
+
+#: joblib's names for the valid ``prefer`` and ``require`` values.
+VALID_HINTS = ("processes", "threads", None)
+VALID_CONSTRAINTS = ("sharedmem", None)
+
+
+def check_hints(prefer: Any, require: Any) -> None:
+    """Raise ValueError for an invalid ``prefer``/``require`` or an inconsistent pair."""
+    if prefer is not UNSET and prefer not in VALID_HINTS:
+        raise ValueError(
+            f"prefer={prefer} is not a valid backend hint, expected one of {VALID_HINTS}"
+        )
+    if require is not UNSET and require not in VALID_CONSTRAINTS:
+        raise ValueError(
+            f"require={require} is not a valid backend constraint, "
+            f"expected one of {VALID_CONSTRAINTS}"
+        )
+    if prefer == "processes" and require == "sharedmem":
+        raise ValueError(
+            "prefer == 'processes' and require == 'sharedmem' are inconsistent settings: "
+            "worker processes do not share the caller's memory"
+        )
+
+
 class parallel_config:
     """Set defaults for the ``Parallel`` calls made inside a ``with`` block.
 
     Parameters
     ----------
-    backend : str or backend instance, optional
-        ``'loky'`` (processes, the default), ``'threading'``, ``'sequential'`` or a
-        name given to :func:`register_parallel_backend`.
+    backend : str, backend instance or multiprocessing context, optional
+        ``'loky'`` (processes, the default), ``'threading'``, ``'multiprocessing'``,
+        ``'sequential'``, a name given to :func:`register_parallel_backend`, an
+        instance (of :class:`ParallelBackend` or of a backend written for joblib), or
+        a ``multiprocessing`` context (runs the multiprocessing backend with it).
     n_jobs, verbose, temp_folder, max_nbytes, mmap_mode, prefer, require
-        Defaults for the same-named :class:`Parallel` parameters.
+        Defaults for the same-named :class:`Parallel` parameters.  A parameter left
+        out keeps the value of an enclosing block; one given, even ``None``, replaces
+        it (``n_jobs=None`` goes back to the default, 1).
     inner_max_num_threads : int, optional
         Threads allowed to BLAS/OpenMP in each worker process (default:
-        ``cpu_count() // n_jobs``).
+        ``cpu_count() // n_jobs``); only with a backend that supports it ('loky').
     **backend_params
-        Passed to the backend factory.
+        Passed to the backend when ``backend`` is a name, e.g. ``initializer`` and
+        ``initargs`` (run in each new worker) or loky's ``idle_worker_timeout``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown backend name, invalid ``prefer``/``require``, or backend
+        parameters without a backend name.
+    BackendParameterError
+        If the backend does not take ``inner_max_num_threads``.
+
+    Notes
+    -----
+    The configuration applies from construction (as in joblib), so
+    ``config = parallel_config(...)`` followed by ``config.unregister()`` works too.
 
     Examples
     --------
@@ -148,47 +213,47 @@ class parallel_config:
         self,
         backend: str | Any | None = None,
         *,
-        n_jobs: int | None = None,
-        verbose: int | None = None,
-        temp_folder: str | None = None,
-        max_nbytes: int | str | None = "default",
-        mmap_mode: str | None = "default",
-        prefer: str | None = None,
-        require: str | None = None,
+        n_jobs: int | None = UNSET,
+        verbose: int | None = UNSET,
+        temp_folder: str | None = UNSET,
+        max_nbytes: int | str | None = UNSET,
+        mmap_mode: str | None = UNSET,
+        prefer: str | None = UNSET,
+        require: str | None = UNSET,
         inner_max_num_threads: int | None = None,
         **backend_params: Any,
     ) -> None:
-        if isinstance(backend, str) and backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
-        if prefer not in (None, "processes", "threads"):
-            raise ValueError(f"prefer must be None, 'processes' or 'threads', not {prefer!r}")
-        if require not in (None, "sharedmem"):
-            raise ValueError(f"require must be None or 'sharedmem', not {require!r}")
-        layer: dict[str, Any] = {}
-        for key, value, unset in (
-            ("backend", backend, None),
-            ("n_jobs", n_jobs, None),
-            ("verbose", verbose, None),
-            ("temp_folder", temp_folder, None),
-            ("max_nbytes", max_nbytes, "default"),
-            ("mmap_mode", mmap_mode, "default"),
-            ("prefer", prefer, None),
-            ("require", require, None),
-        ):
-            if value is not unset:
-                layer[key] = value
-        if inner_max_num_threads is not None:
-            backend_params["inner_max_num_threads"] = inner_max_num_threads
-        if backend_params:
-            layer["backend_kwargs"] = backend_params
+        from ._resolve import check_backend_spec
+
+        check_hints(prefer, require)
+        layer: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("n_jobs", n_jobs),
+                ("verbose", verbose),
+                ("temp_folder", temp_folder),
+                ("max_nbytes", max_nbytes),
+                ("mmap_mode", mmap_mode),
+                ("prefer", prefer),
+                ("require", require),
+            )
+            if value is not UNSET
+        }
+        if backend is not None:
+            layer["backend"], layer["backend_kwargs"] = check_backend_spec(
+                backend, inner_max_num_threads, backend_params
+            )
+        elif inner_max_num_threads is not None or backend_params:
+            raise ValueError(
+                "inner_max_num_threads and other constructor parameters backend_params are "
+                "only supported when backend is not None: name the backend they are for"
+            )
         self._layer = layer
         # Like joblib, the configuration applies from construction, so that the
         # plain-call form ``parallel_config(...)`` followed by ``with`` works too.
         _stack().append(layer)
-        self._entered = False
 
     def __enter__(self) -> parallel_config:
-        self._entered = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -209,8 +274,17 @@ class parallel_backend(parallel_config):
     Kept for code written for joblib's ``parallel_backend(backend, n_jobs=-1, ...)``.
     """
 
-    def __init__(self, backend: str | Any, n_jobs: int = -1, **kwargs: Any) -> None:
-        super().__init__(backend, n_jobs=n_jobs, **kwargs)
+    def __init__(
+        self,
+        backend: str | Any,
+        n_jobs: int | None = -1,
+        inner_max_num_threads: int | None = None,
+        **backend_params: Any,
+    ) -> None:
+        super().__init__(
+            backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads,
+            **backend_params,
+        )
 
 
 def register_parallel_backend(
@@ -225,7 +299,9 @@ def register_parallel_backend(
     factory : callable
         Called with the backend keyword arguments of ``parallel_config``; returns an
         instance of :class:`arraycache.parallel.ParallelBackend` (``submit``,
-        ``configure``, ``abort``, ``stop``).
+        ``configure``, ``abort``, ``stop``), or of a backend written for joblib (a
+        ``joblib.parallel.ParallelBackendBase`` subclass, such as ray's, joblib-spark's
+        or joblib's own), which then runs through an adapter.
     make_default : bool, default False
         Also make it the default backend of this process.
     """

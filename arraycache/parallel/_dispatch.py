@@ -18,15 +18,22 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._backends import ParallelBackend
-from ._batching import AutoBatchSize
 from ._config import cpu_count, nesting_limit
-from ._errors import WorkerDiedError
-from ._folders import FOLDERS, call_folder_name, pick_root, shm_root
-from ._pickling import Task, dumps_batch, loads_results, run_batch_in_worker, run_tasks
+from ._errors import ParallelTimeoutError, WorkerDiedError
+from ._folders import FOLDERS, call_folder_name, make_private_dir, pick_root, shm_root
+from ._pickling import (
+    Task,
+    _sendable_exception,
+    dumps_batch,
+    loads_results,
+    run_batch_in_worker,
+    run_tasks,
+)
 from ._progress import Progress
 from ._sharing import CallSharing, ResultSpec
+from ._timing import BatchClock
 
-__all__ = ["CallRun"]
+__all__ = ["CallRun", "run_tasks_elsewhere"]
 
 
 def _check_task(item: Any, index: int) -> Task:
@@ -43,6 +50,15 @@ def _check_task(item: Any, index: int) -> Task:
 
 def _tasks(first: int, last: int) -> str:
     return f"task {first}" if first == last else f"tasks {first} to {last}"
+
+
+def run_tasks_elsewhere(tasks: list[Task], nesting_limit: int) -> tuple[list, tuple | None, float]:
+    """:func:`run_tasks` for a backend that pickles tasks itself (its exception must travel)."""
+    results, error, duration = run_tasks(tasks, nesting_limit)
+    if error is not None:
+        position, exc, text = error
+        error = (position, _sendable_exception(exc), text)
+    return results, error, duration
 
 
 class CallRun:
@@ -73,7 +89,9 @@ class CallRun:
         self._iterator: Iterator | None = iter(iterable)
         self._sequential = not backend.uses_processes and n_workers == 1
         self._auto = batch_size == "auto" and not self._sequential
-        self._sizer = AutoBatchSize()
+        self._sizer = backend.batch_sizer()
+        # Tasks pickled by the backend itself (one written for joblib, maybe remote).
+        self._runner = run_tasks if backend.supports_sharedmem else run_tasks_elsewhere
         self._fixed_size = 1 if batch_size == "auto" else int(batch_size)
         self._max_inflight = self._inflight_limit(pre_dispatch)
         self._ready: deque[tuple[int, list[Task]]] = deque()
@@ -100,6 +118,20 @@ class CallRun:
             folders = {root: os.path.join(FOLDERS.reserve(root), name) for root in roots}
             self._call_folders = list(folders.values())
             self._spec = ResultSpec(max_nbytes, mmap_mode, temp_folder, folders)
+        self._clock = None if timeout is None or self._sequential else self._make_clock()
+        backend.start_call()
+
+    def _make_clock(self) -> BatchClock:
+        if self._call_folders:
+            folder = self._call_folders[0]
+            try:
+                FOLDERS.folder(os.path.dirname(os.path.dirname(folder)))
+                make_private_dir(folder)
+            except OSError:
+                pass  # no markers: count from free workers instead
+            else:
+                return BatchClock("marker", folder)
+        return BatchClock("running" if self.backend.reports_running else "slots")
 
     def _inflight_limit(self, pre_dispatch: int | str) -> float:
         if self._sequential:
@@ -127,7 +159,12 @@ class CallRun:
         """Move tasks from the iterable to the ready queue, cut into batches."""
         assert self._iterator is not None
         size = self._sizer.size if self._auto else self._fixed_size
-        wanted = None if self._max_inflight == float("inf") else size * self.n_workers
+        wanted = None
+        if self._max_inflight != float("inf"):
+            # A few batches ahead, but never more than the free pre_dispatch slots take:
+            # pre_dispatch=3 pulls 3 tasks before the first completes, as in joblib.
+            free = int(self._max_inflight) - len(self._inflight)
+            wanted = size * max(1, min(self.n_workers, free))
         chunk = []
         for item in self._iterator:
             chunk.append(_check_task(item, self._n_pulled + len(chunk)))
@@ -157,28 +194,37 @@ class CallRun:
         if self._sharing is not None:
             assert self._spec is not None
             payload = dumps_batch(tasks, first, self._sharing.reference, self._spec, self._nesting)
-            future = self.backend.submit(run_batch_in_worker, payload)
+            fn, args = run_batch_in_worker, (payload,)
         else:
-            future = self.backend.submit(run_tasks, tasks, self._nesting)
-        started = time.monotonic() if len(self._inflight) < self.n_workers else None
+            fn, args = self._runner, (tasks, self._nesting)
+        started = None
+        if self._clock is not None:
+            fn, args = self._clock.submission(first, fn, args)
+            if self._clock.kind == "slots" and len(self._inflight) < self.n_workers:
+                started = time.monotonic()
+        future = self.backend.submit(fn, *args)
         self._inflight[future] = (first, len(tasks), started)
 
     # --- collection --------------------------------------------------------------------------
 
     def _wait(self) -> set[cf.Future]:
-        if self.timeout is None:
+        if self._clock is None:
             done, _ = cf.wait(self._inflight, return_when=cf.FIRST_COMPLETED)
             return done
+        assert self.timeout is not None
         while True:
             now = time.monotonic()
             deadline = None
             for future, (first, n, started) in list(self._inflight.items()):
-                if started is None and (future.running() or future.done()):
-                    started = now
-                    self._inflight[future] = (first, n, started)
-                if started is not None and not future.done():
+                if future.done():
+                    continue
+                if started is None:
+                    started = self._clock.started(future, first, now)
+                    if started is not None:
+                        self._inflight[future] = (first, n, started)
+                if started is not None:
                     if now - started > self.timeout:
-                        raise TimeoutError(
+                        raise ParallelTimeoutError(
                             f"{_tasks(first, first + n - 1)} did not finish within "
                             f"timeout={self.timeout} s"
                         )
@@ -204,7 +250,7 @@ class CallRun:
                 f"{_tasks(min(firsts), max(lasts))}: "
                 "killed by a signal or by the OS (often for using too much memory; see "
                 "`dmesg`), or crashed (e.g. a segfault in compiled code). The other tasks "
-                f"were cancelled.\n(loky: {exc})"
+                f"were cancelled.\n({type(exc).__name__}: {exc})"
             ) from exc
         if self._sharing is not None:
             results, error, duration = loads_results(outcome)
@@ -212,7 +258,7 @@ class CallRun:
             results, error, duration = outcome
         if error is not None:
             position, exc, text = error
-            if self._sharing is not None and text:
+            if text and exc.__traceback__ is None:  # it crossed a process boundary
                 exc.add_note(
                     f"\nThe exception above was raised in a worker, in task {first + position}:"
                     f"\n{text.rstrip()}"
@@ -224,6 +270,10 @@ class CallRun:
 
     def results(self) -> Iterator[tuple[int, Any]]:
         """Run the call; yield ``(task index, result)`` in order, or as completed."""
+        with self.backend.retrieval_context():
+            yield from self._results()
+
+    def _results(self) -> Iterator[tuple[int, Any]]:
         next_index = 0
         self._fill()
         while self._inflight:
@@ -248,7 +298,10 @@ class CallRun:
         self.progress.finished(self.n_completed)
 
     def _promote_waiting(self) -> None:
-        # A completion frees a worker: the oldest queued batch starts now (for timeouts).
+        # A completion frees a worker: the oldest queued batch starts now (for timeouts
+        # counted from free workers).
+        if self._clock is None or self._clock.kind != "slots":
+            return
         for future, (first, n, started) in self._inflight.items():
             if started is None:
                 self._inflight[future] = (first, n, time.monotonic())
@@ -275,6 +328,7 @@ class CallRun:
             # references this call is cleared (their files go with them).
             self._done.clear()
             self._iterator = None
+            self.backend.stop_call()
         finally:
             if self._sharing is not None:
                 self._sharing.close()

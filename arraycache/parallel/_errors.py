@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 
-from loky.process_executor import TerminatedWorkerError
+from ._loky import TerminatedWorkerError
 
-__all__ = ["RemoteTaskError", "TaskPicklingError", "WorkerDiedError"]
+__all__ = [
+    "BackendParameterError",
+    "ParallelTimeoutError",
+    "RemoteTaskError",
+    "TaskPicklingError",
+    "WorkerDiedError",
+]
 
 
 class WorkerDiedError(TerminatedWorkerError):
@@ -23,3 +30,20 @@ class TaskPicklingError(pickle.PicklingError, TypeError):
 
 class RemoteTaskError(RuntimeError):
     """A task failed in a worker and its exception could not be sent back as itself."""
+
+
+class ParallelTimeoutError(multiprocessing.TimeoutError, TimeoutError):
+    """A batch of tasks ran longer than ``Parallel(timeout=...)``.
+
+    ``except multiprocessing.TimeoutError`` catches it, as it catches joblib's timeout,
+    and so does ``except TimeoutError`` (the built-in, which Python makes a subclass of
+    ``OSError``: a handler of ``OSError`` catches it too).
+    """
+
+
+class BackendParameterError(ValueError, AssertionError):
+    """A backend parameter that the chosen backend does not take.
+
+    Also an ``AssertionError``, which is what joblib raises for an
+    ``inner_max_num_threads`` its backend does not support.
+    """

@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 import weakref
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from ._backends import ParallelBackend, SequentialBackend, ThreadingBackend
+from ._backends import (
+    LokyBackend,
+    MultiprocessingBackend,
+    ParallelBackend,
+    SequentialBackend,
+    ThreadingBackend,
+)
 from ._config import (
     BACKENDS,
+    UNSET,
     active_config,
+    check_hints,
     default_backend_name,
-    effective_n_jobs,
     nesting_limit,
 )
 from ._dispatch import CallRun
-from ._progress import Progress
+from ._progress import Progress, print_message
+from ._resolve import make_backend
 
 __all__ = ["Parallel"]
 
-_UNSET: Any = object()
+_UNSET: Any = UNSET
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -35,6 +44,19 @@ def _to_bytes(size: int | str | None) -> int | None:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
+def _as_n_jobs(n_jobs: Any) -> int:
+    """``n_jobs`` as joblib reads it: an int (``'2'`` and ``2.3`` give 2), never 0."""
+    try:
+        value = int(n_jobs)
+    except (TypeError, ValueError):
+        raise ValueError(f"n_jobs could not be converted to int: {n_jobs!r}") from None
+    if value == 0:
+        raise ValueError(
+            "n_jobs == 0 in Parallel has no meaning; use a positive number, or -1 for all CPUs"
+        )
+    return value
+
+
 class Parallel:
     """Run ``delayed`` calls in parallel, joblib-style, sharing large arrays through files.
 
@@ -42,10 +64,14 @@ class Parallel:
     ----------
     n_jobs : int or None, default None
         Number of workers: ``-1`` all CPUs, ``-2`` all but one, ...; ``None`` means
-        the ``parallel_config`` value, else 1 (which runs the tasks inline).
-    backend : str or ParallelBackend, optional
-        ``'loky'`` (worker processes, the default), ``'threading'``, ``'sequential'``
-        or a name given to :func:`register_parallel_backend`.
+        the ``parallel_config`` value when this ``Parallel`` is made, else 1 (which
+        runs the tasks inline).
+    backend : str, backend instance or multiprocessing context, optional
+        ``'loky'`` (worker processes, the default), ``'threading'``,
+        ``'multiprocessing'`` (a ``multiprocessing`` pool; a context such as
+        ``multiprocessing.get_context('spawn')`` selects it with that start method),
+        ``'sequential'``, or a name given to :func:`register_parallel_backend`.  A
+        backend written for joblib (ray's, joblib-spark's, joblib's own) works too.
     return_as : {'list', 'generator', 'generator_unordered'}, default 'list'
         A list of the results in task order, a generator yielding them in task order
         as they become available, or one yielding them as tasks complete.
@@ -53,11 +79,15 @@ class Parallel:
         Progress messages to stderr (to stdout from 50): more with higher values,
         every batch above 10.
     timeout : float, optional
-        Seconds a batch of tasks may run in a worker; past it, the call is aborted
-        and ``TimeoutError`` is raised.  Not applied when tasks run inline.
+        Seconds a batch of tasks may run in a worker, counted from when a worker
+        starts it (not while it waits in a queue); past it, the call is aborted and
+        :class:`ParallelTimeoutError` is raised (both ``except TimeoutError`` and
+        ``except multiprocessing.TimeoutError`` catch it).  Not applied when tasks
+        run inline (``n_jobs=1``): a warning says so.
     pre_dispatch : int or str, default '2 * n_jobs'
         Batches sent ahead of completions, as a number, an expression of ``n_jobs``
-        or ``'all'``; bounds how much of a lazy iterable is consumed ahead.
+        or ``'all'``; bounds how much of a lazy iterable is consumed ahead (with
+        ``batch_size=1``, ``pre_dispatch=3`` takes 3 tasks before one completes).
     batch_size : int or 'auto', default 'auto'
         Tasks per batch sent to a worker.  ``'auto'`` grows batches until each runs
         for 0.2 to 2 s, so that many tiny tasks are not dominated by overhead.
@@ -77,7 +107,26 @@ class Parallel:
     prefer : {'processes', 'threads'}, optional
         Soft hint for the backend when none is given.
     require : {'sharedmem'}, optional
-        Hard constraint: tasks must see the caller's memory (selects threads).
+        Hard constraint: tasks must see the caller's memory (selects threads; a
+        process backend set by ``parallel_config`` is replaced by threads, and its
+        ``n_jobs`` with the default, as in joblib).
+    initializer : callable, optional
+        Called as ``initializer(*initargs)`` in each new worker process (or thread)
+        before it runs tasks.  loky keeps its workers between calls while the
+        initializer and its arguments stay the same; other ones get new workers.
+        Not called when tasks run inline.
+    initargs : tuple, default ()
+        Arguments of ``initializer``.
+    **backend_kwargs
+        Further options for the backend's workers, e.g. loky's ``idle_worker_timeout``
+        or those of a backend written for joblib.
+
+    Raises
+    ------
+    ValueError
+        For an invalid ``n_jobs``, ``return_as``, ``batch_size``, ``mmap_mode``,
+        ``prefer`` or ``require``, an unknown backend, or a backend that cannot
+        satisfy ``require='sharedmem'``.
 
     Notes
     -----
@@ -98,8 +147,8 @@ class Parallel:
 
     def __init__(
         self,
-        n_jobs: int | None = _UNSET,
-        backend: str | ParallelBackend | None = _UNSET,
+        n_jobs: int | None = None,
+        backend: str | ParallelBackend | Any | None = None,
         return_as: str = "list",
         verbose: int = _UNSET,
         timeout: float | None = None,
@@ -110,6 +159,9 @@ class Parallel:
         mmap_mode: str | None = _UNSET,
         prefer: str | None = _UNSET,
         require: str | None = _UNSET,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple = (),
+        **backend_kwargs: Any,
     ) -> None:
         config = active_config()
 
@@ -122,7 +174,9 @@ class Parallel:
             )
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be 'auto' or a positive int, not {batch_size!r}")
-        self.n_jobs = pick(n_jobs, "n_jobs")
+        self.prefer = pick(prefer, "prefer")
+        self.require = pick(require, "require")
+        check_hints(self.prefer, self.require)
         self.return_as = return_as
         self.verbose = pick(verbose, "verbose") or 0
         self.timeout = timeout
@@ -133,38 +187,64 @@ class Parallel:
         self.mmap_mode = pick(mmap_mode, "mmap_mode")
         if self.mmap_mode not in ("r", "c", "r+", "w+", None):
             raise ValueError(f"mmap_mode must be 'r', 'c', 'r+', 'w+' or None, not {mmap_mode!r}")
-        self.prefer = pick(prefer, "prefer")
-        self.require = pick(require, "require")
-        self._backend = self._choose_backend(None if backend is _UNSET else backend, config)
+        self._options = dict(backend_kwargs)
+        if initializer is not None or initargs:
+            self._options.update(initializer=initializer, initargs=tuple(initargs))
+        settings = {
+            "max_nbytes": self.max_nbytes,
+            "temp_folder": self.temp_folder,
+            "mmap_mode": self.mmap_mode,
+            "prefer": self.prefer,
+            "require": self.require,
+            "verbose": self.verbose,
+        }
+        self._backend, config_jobs = self._choose_backend(backend, config, settings)
+        # Resolved now, as joblib does: a Parallel made inside parallel_config(n_jobs=...)
+        # keeps that value after the block.
+        if n_jobs is None and config_jobs:
+            n_jobs = config["n_jobs"]
+        if n_jobs is None:
+            n_jobs = self._backend.default_n_jobs
+        self.n_jobs = _as_n_jobs(n_jobs)
         self._managed = False
         self._running: weakref.ref | None = None
         self._lock = threading.Lock()
 
-    def _choose_backend(self, backend: Any, config: dict[str, Any]) -> ParallelBackend:
+    def _choose_backend(
+        self, backend: Any, config: dict[str, Any], settings: dict[str, Any]
+    ) -> tuple[ParallelBackend, bool]:
+        """The backend, and whether the configured ``n_jobs`` applies to it."""
         explicit = backend is not None
-        if backend is None:
-            backend = config["backend"]
-        kwargs = config["backend_kwargs"]
+        kwargs: dict[str, Any] = {}
+        if backend is None and config["backend"] is not None:
+            backend, kwargs = config["backend"], config["backend_kwargs"]
         if backend is None:
             name = default_backend_name()
+            process_default = BACKENDS.get(name) in (LokyBackend, MultiprocessingBackend)
             if self.prefer == "threads" or self.require == "sharedmem":
                 name = "threading"
-            elif nesting_limit() is not None and BACKENDS[name] is BACKENDS["loky"]:
+            elif nesting_limit() is not None and process_default:
                 # Inside a task: threads, capped by effective_n_jobs, not more processes.
                 name = "threading"
+            elif self.prefer == "processes" and BACKENDS.get(name) is ThreadingBackend:
+                name = "loky"
             backend = name
-        if isinstance(backend, str):
-            if backend not in BACKENDS:
-                raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
-            backend = BACKENDS[backend](**kwargs)
-        if self.require == "sharedmem" and not backend.supports_sharedmem:
+        chosen = make_backend(backend, kwargs, settings)
+        if self.require == "sharedmem" and not chosen.supports_sharedmem:
             if explicit:
                 raise ValueError(
-                    f"backend {type(backend).__name__} does not share memory with the "
-                    "caller, as require='sharedmem' asks"
+                    f"Backend {chosen.name} does not support shared memory, which "
+                    "require='sharedmem' asks for: use threads, or drop require"
                 )
-            backend = ThreadingBackend()
-        return backend
+            if self.verbose >= 10:
+                # The backend came from parallel_config: joblib's message, printed as joblib.
+                print(
+                    "Using ThreadingBackend as joblib backend instead of "
+                    f"{chosen.name} as the latter does not provide shared memory semantics."
+                )
+            # The configured n_jobs was meant for the configured backend.
+            return ThreadingBackend(), False
+        return chosen, True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
@@ -180,13 +260,23 @@ class Parallel:
         self._managed = False
         self._backend.stop()
 
+    def _print(self, msg: str) -> None:
+        """Print a progress message (override to send them elsewhere)."""
+        print_message(repr(self), self.verbose, msg)
+
     def _configure(self) -> tuple[ParallelBackend, int]:
-        n_workers = effective_n_jobs(self.n_jobs)
         backend = self._backend
-        if n_workers == 1 and not isinstance(backend, SequentialBackend):
+        if isinstance(backend, SequentialBackend):
+            return backend, 1
+        n_workers = backend.effective_n_jobs(self.n_jobs)
+        if n_workers > 1:
+            n_workers = backend.configure(n_workers, **self._options)
+        if n_workers < 1:
+            raise RuntimeError(f"{backend.name} has no active worker.")
+        if n_workers == 1:
             # One worker: run inline, as joblib does (no process, no pickling).
-            backend = SequentialBackend()
-        return backend, backend.configure(n_workers)
+            return SequentialBackend(), 1
+        return backend, n_workers
 
     # --- calls -------------------------------------------------------------------------------
 
@@ -202,8 +292,9 @@ class Parallel:
         ------
         Exception
             The first exception raised by a task, with its own type.
-        TimeoutError
-            If a batch ran longer than ``timeout``.
+        ParallelTimeoutError
+            If a batch ran longer than ``timeout`` (a ``TimeoutError`` and a
+            ``multiprocessing.TimeoutError``).
         WorkerDiedError
             If a worker process died while running tasks.
         TaskPicklingError
@@ -213,11 +304,19 @@ class Parallel:
             previous = self._running() if self._running is not None else None
             if previous is not None and not previous._closed:
                 raise RuntimeError(
-                    "this Parallel instance is still running a call: consume or close the "
+                    "This Parallel instance is already running: consume or close the "
                     "generator it returned first"
                 )
             backend, n_workers = self._configure()
-            progress = Progress(repr(self), self.verbose)
+            if self.timeout is not None and not (backend.supports_timeout and n_workers > 1):
+                warnings.warn(
+                    f"The backend class {backend.name!r} does not support timeout. You have "
+                    f"set 'timeout={self.timeout}' in Parallel but the 'timeout' parameter "
+                    "will not be used.",
+                    stacklevel=2,
+                )
+            n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
+            progress = Progress(repr(self), self.verbose, self._print, n_tasks)
             progress.using(backend.name, n_workers)
             run = CallRun(
                 backend,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "print_message"]
 
 
 def _format_time(seconds: float) -> str:
@@ -27,25 +28,46 @@ def _skip(index: int, verbose: int) -> bool:
     return int(math.sqrt((index + 1) / scale)) == int(math.sqrt(index / scale))
 
 
+def print_message(name: str, verbose: int, message: str) -> None:
+    """Print ``[name]: message`` as joblib does: to stderr, to stdout from ``verbose=50``."""
+    if not verbose:
+        return
+    stream = sys.stderr if verbose < 50 else sys.stdout
+    stream.write(f"[{name}]: {message}\n")
+    stream.flush()
+
+
 class Progress:
     """Writes ``[Parallel(n_jobs=2)]: Done   4 tasks      | elapsed:    0.1s`` lines.
 
-    Like joblib: to stderr, or stdout when ``verbose >= 50``; nothing when 0.
+    Like joblib: to stderr, or stdout when ``verbose >= 50``; nothing when 0.  Counts
+    are padded to the width of the number of tasks when it is known (``len()`` of the
+    iterable), else to 3.
     """
 
-    def __init__(self, name: str, verbose: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        verbose: int,
+        writer: Callable[[str], None] | None = None,
+        n_tasks: int | None = None,
+    ) -> None:
         self.name = name
         self.verbose = verbose
         self.start = time.time()
+        self.n_tasks = n_tasks
+        self._width = len(str(n_tasks)) if n_tasks else 3
+        self._writer = writer
         self._batches = 0
 
     def write(self, message: str) -> None:
         """Print one message line, prefixed by the runner's name."""
         if not self.verbose:
             return
-        stream = sys.stderr if self.verbose < 50 else sys.stdout
-        stream.write(f"[{self.name}]: {message}\n")
-        stream.flush()
+        if self._writer is not None:
+            self._writer(message)
+        else:
+            print_message(self.name, self.verbose, message)
 
     def using(self, backend_name: str, n_workers: int) -> None:
         """Announce the backend, once per call."""
@@ -62,18 +84,26 @@ class Progress:
             return  # the "finished" line follows
         if _skip(index, self.verbose):
             return
+        w = self._width
         if not all_dispatched:
-            self.write(f"Done {completed:3d} tasks      | elapsed: {_format_time(elapsed)}")
+            if self.n_tasks is not None:
+                done = f"Done {completed:{w}d} out of {self.n_tasks:{w}d}"
+            else:
+                # Same width as "out of N", so that the columns line up.
+                done = f"Done {completed:{w}d} tasks{' ' * (len('out of ') + w - len('tasks'))}"
+            self.write(f"{done} | elapsed: {_format_time(elapsed)}")
         else:
             remaining = elapsed / max(completed, 1) * (dispatched - completed)
             self.write(
-                f"Done {completed:3d} out of {dispatched:3d} | elapsed: "
+                f"Done {completed:{w}d} out of {dispatched:{w}d} | elapsed: "
                 f"{_format_time(elapsed)} remaining: {_format_time(remaining)}"
             )
 
     def finished(self, completed: int) -> None:
         """The last line, once every task has completed."""
         elapsed = time.time() - self.start
+        w = self._width
         self.write(
-            f"Done {completed:3d} out of {completed:3d} | elapsed: {_format_time(elapsed)} finished"
+            f"Done {completed:{w}d} out of {completed:{w}d} | elapsed: "
+            f"{_format_time(elapsed)} finished"
         )

@@ -28,13 +28,18 @@ class Compression:
     """Compression level, 1-9."""
 
     def numcodecs_codec(self, itemsize: int) -> Any:
-        """The numcodecs codec that writes chunks readable through :meth:`zarr_codec`."""
+        """The numcodecs codec that writes chunks readable through :meth:`zarr_codec`.
+
+        It is given chunks as bytes (uint8), so Blosc is told the item size to shuffle by.
+        """
         import numcodecs  # lazy, like zarr: only compressed entries need it
 
         if self.name == "gzip":
             return numcodecs.GZip(self.level)
         shuffle = numcodecs.Blosc.SHUFFLE if itemsize > 1 else numcodecs.Blosc.NOSHUFFLE
-        return numcodecs.Blosc(self.name, self.level, shuffle=shuffle)
+        return numcodecs.Blosc(
+            self.name, self.level, shuffle=shuffle, typesize=max(1, itemsize)
+        )
 
     def zarr_codec(self, itemsize: int) -> Any:
         """The zarr v3 bytes-to-bytes codec that goes in the array metadata."""

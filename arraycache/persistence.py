@@ -5,7 +5,8 @@ An entry folder is a zarr group.  Each ndarray of the result becomes a zarr arra
 
 - ``"array"``: the result is one array, nothing else to store;
 - ``"json"``: plain containers, numbers, strings and numpy scalars, written as
-  tagged JSON into the group attributes, so loading it never unpickles;
+  tagged JSON into the group attributes (see plainjson.py), so loading it never
+  unpickles;
 - ``"pickle"``: anything else, pickled with each array replaced by a persistent
   reference, and the pickle bytes kept as the uint8 zarr array ``skeleton`` (so
   the entry holds nothing but zarr nodes and ``zarr.open_group`` lists it cleanly).
@@ -42,6 +43,17 @@ from .hashing import (
     combine_digests,
     remember_digest,
 )
+from .plainjson import (
+    NotPlain,
+    TreeWriter,
+    decode_tree,
+    dtype_code,
+    dtype_from_json,
+    dtype_metadata_to_json,
+    dtype_to_json,
+    dtype_with_metadata,
+    storable,
+)
 
 __all__ = ["EntryDamaged", "UntrustedEntry", "dump", "load", "verify"]
 
@@ -62,27 +74,6 @@ class UntrustedEntry(EntryDamaged):
     """An entry would need unpickling a file owned by another user."""
 
 
-# --- dtypes in JSON --------------------------------------------------------------------------
-
-
-def _dtype_to_json(dtype: np.dtype) -> Any:
-    return np.lib.format.dtype_to_descr(dtype)
-
-
-def _dtype_from_json(descr: Any) -> np.dtype:
-    """Inverse of :func:`_dtype_to_json` (JSON turned the descr's tuples into lists)."""
-    if isinstance(descr, str):
-        return np.dtype(descr)
-
-    def field(spec: list) -> tuple:
-        name, sub, *shape = spec
-        name = tuple(name) if isinstance(name, list) else name
-        sub = sub if isinstance(sub, str) else [field(f) for f in sub]
-        return (name, sub, tuple(shape[0])) if shape else (name, sub)
-
-    return np.lib.format.descr_to_dtype([field(f) for f in descr])
-
-
 # --- one array -------------------------------------------------------------------------------
 
 
@@ -95,6 +86,29 @@ def _storage_view(arr: np.ndarray) -> tuple[np.ndarray, str]:
     if arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous:
         return arr.T, "F"
     return arr, "C"
+
+
+def _contiguous_copy(arr: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``arr`` with every byte of each item.
+
+    numpy copies records field by field and leaves the padding between fields as
+    whatever the new buffer held: then the bytes of one copy do not match the digests
+    of another.  Whole items viewed as void are copied byte for byte.
+    """
+    if arr.dtype.fields is None or arr.dtype.itemsize == 0:
+        return np.ascontiguousarray(arr)
+    whole_items = arr.view(np.dtype((np.void, arr.dtype.itemsize)))
+    return np.ascontiguousarray(whole_items).view(arr.dtype)
+
+
+def _with_defined_padding(arr: np.ndarray) -> np.ndarray:
+    """``arr``, or if it is a non-contiguous record array, a contiguous copy of it whose
+    padding bytes are the original's (see :func:`_contiguous_copy`)."""
+    if arr.dtype.fields is None or arr.nbytes == 0:
+        return arr
+    if arr.flags.c_contiguous or arr.flags.f_contiguous:
+        return arr
+    return _contiguous_copy(arr)
 
 
 def _chunk_path(array_dir: Path, chunk_index: tuple[int, ...]) -> Path:
@@ -132,6 +146,12 @@ def _create_zarr_metadata(
         except Exception:
             # A dtype zarr cannot describe (e.g. nested structured fields): store the
             # items as raw bytes of the same size; our own metadata keeps the dtype.
+            if arr.dtype.itemsize == 0:
+                # zarr has no zero-size items: no bytes either, as a trailing axis of 0.
+                kwargs.update(shape=(*arr.shape, 0), chunks=(*kwargs["chunks"], 1),
+                              filters=None, compressors=None)
+                zarr.create_array(LocalStore(entry_dir), name=name, dtype=np.uint8, **kwargs)
+                return
             zarr.create_array(
                 LocalStore(entry_dir), name=name, dtype=np.dtype(f"V{arr.dtype.itemsize}"),
                 **kwargs,
@@ -212,7 +232,7 @@ def _write_raw(entry_dir: Path, name: str, arr: np.ndarray, view: np.ndarray, or
     # zarr 3.1 cannot read a sharded array whose fill value is a numpy void scalar.
     if arr.ndim == 0 or arr.size == 0 or arr.dtype.kind == "V":
         _create_zarr_metadata(entry_dir, name, arr, order, arr.shape, None)
-        if arr.size:
+        if arr.nbytes:
             _write_file(path, _raw_pieces(view))
         return arr.nbytes
     import google_crc32c  # a zarr dependency: zarr checks shard indexes with it
@@ -236,18 +256,29 @@ def _write_raw(entry_dir: Path, name: str, arr: np.ndarray, view: np.ndarray, or
 def write_array(
     entry_dir: Path, name: str, arr: np.ndarray, compression: Compression | None
 ) -> dict[str, Any]:
-    """Store ``arr`` as zarr array ``name`` of the entry; return its metadata."""
+    """Store ``arr`` as zarr array ``name`` of the entry; return its metadata.
+
+    ``arr`` must pass :func:`plainjson.storable` (its dtype, with any metadata and
+    exact scalar type, goes into the JSON metadata).
+    """
+    metadata = dtype_metadata_to_json(arr.dtype)
+    arr = _with_defined_padding(arr)
     view, order = _storage_view(arr)
     blocks = block_digests(arr)
     spec: dict[str, Any] = {
-        "dtype": _dtype_to_json(arr.dtype), "shape": list(arr.shape), "order": order,
+        "dtype": dtype_to_json(arr.dtype), "shape": list(arr.shape), "order": order,
         # One hex string, not a list of 25,600 for 100 GiB: parsed on every hit, it costs
         # 0.9 ms there instead of 1.2 ms (0.1 ms at 10 GiB).
         "digest": combine_digests(arr, blocks), "blocks": b"".join(blocks).hex(),
         "nbytes": arr.nbytes, "codec": None,
     }
+    code = dtype_code(arr.dtype)
+    if code != arr.dtype.str:
+        spec["dtype_code"] = code
+    if metadata is not None:
+        spec["dtype_metadata"] = metadata
     array_dir = entry_dir / name
-    if compression is None or arr.ndim == 0:
+    if compression is None or arr.ndim == 0 or arr.nbytes == 0:
         spec["file_nbytes"] = _write_raw(entry_dir, name, arr, view, order)
         return spec
 
@@ -256,15 +287,18 @@ def write_array(
     chunks = tuple(reversed(storage_chunks)) if order == "F" else storage_chunks
     _create_zarr_metadata(entry_dir, name, arr, order, chunks, compression)
     codec = compression.numcodecs_codec(arr.dtype.itemsize)
+    chunk_nbytes = rows * _row_nbytes(view)
 
     def encode_and_write(k: int) -> int:
-        slab = np.ascontiguousarray(view[k * rows : (k + 1) * rows])
-        if slab.shape[0] < rows:  # zarr's edge chunks are full size, padded
-            padded = np.zeros((rows, *view.shape[1:]), dtype=arr.dtype)
-            padded[: slab.shape[0]] = slab
-            slab = padded
+        # Bytes, not items: a record copy (or assignment) skips padding bytes between
+        # fields, which the digests cover; and datetime records export no buffer.
+        data = np.ascontiguousarray(view[k * rows : (k + 1) * rows]).reshape(-1).view(np.uint8)
+        if data.size < chunk_nbytes:  # zarr's edge chunks are full size, padded
+            padded = np.zeros(chunk_nbytes, dtype=np.uint8)
+            padded[: data.size] = data
+            data = padded
         index = (k,) + (0,) * (arr.ndim - 1)
-        encoded = codec.encode(slab)
+        encoded = codec.encode(data)
         _write_file(_chunk_path(array_dir, index[::-1] if order == "F" else index), [encoded])
         return len(encoded)
 
@@ -286,9 +320,12 @@ def _read_compressed(array_dir: Path, spec: dict, dtype: np.dtype, shape: tuple)
     def read_and_decode(k: int) -> None:
         index = (k,) + (0,) * (len(shape) - 1)
         path = _chunk_path(array_dir, index[::-1] if order == "F" else index)
-        decoded = codec.decode(path.read_bytes())
-        target = view[k * rows : (k + 1) * rows]
-        target[...] = np.frombuffer(decoded, dtype=dtype)[: target.size].reshape(target.shape)
+        decoded = np.frombuffer(codec.decode(path.read_bytes()), dtype=np.uint8)
+        # Copied as bytes (see write_array): a C-ordered slab of `view` is contiguous.
+        target = view[k * rows : (k + 1) * rows].reshape(-1).view(np.uint8)
+        if decoded.size < target.size:
+            raise EntryDamaged(f"chunk {k} of {array_dir.name!r} decodes to too few bytes")
+        target[...] = decoded[: target.size]
 
     n_chunks = -(-view.shape[0] // rows) if out.size else 0
     list(_pool().map(read_and_decode, range(n_chunks)))
@@ -310,7 +347,13 @@ def read_array(
     EntryDamaged
         If a file is missing, has the wrong size, or (when read) the wrong content.
     """
-    dtype = _dtype_from_json(spec["dtype"])
+    dtype = dtype_from_json(spec["dtype"])
+    code = spec.get("dtype_code")
+    if code is not None:
+        dtype = np.dtype(code)
+    metadata = spec.get("dtype_metadata")
+    if metadata is not None:
+        dtype = dtype_with_metadata(dtype, metadata)
     shape = tuple(spec["shape"])
     order = spec["order"]
     array_dir = entry_dir / name
@@ -367,68 +410,53 @@ def _read_and_check(path: Path, arr: np.ndarray, spec: dict[str, Any], name: str
 
 # --- skeletons -------------------------------------------------------------------------------
 
-_PLAIN_SCALARS = (type(None), bool, int, float, str)
+
+def _raw_reference(arr: np.ndarray) -> tuple:
+    """A persistent reference holding ``arr`` itself: dtype, shape, order and bytes."""
+    order = "F" if arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+    data = _contiguous_copy(arr.T if order == "F" else arr)
+    raw = data.reshape(-1).view(np.uint8).tobytes() if arr.nbytes else b""
+    return ("raw", arr.dtype, arr.shape, order, raw)
 
 
-class _TreeWriter:
-    """Encodes plain results as tagged JSON; arrays go to zarr through ``store_array``."""
-
-    def __init__(self, store_array: Any) -> None:
-        self.store_array = store_array
-
-    def encode(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind in _PLAIN_SCALARS:
-            if kind is float and not np.isfinite(obj):
-                return ["f", repr(obj)]
-            return obj
-        if kind is list or kind is tuple:
-            return ["l" if kind is list else "t", [self.encode(x) for x in obj]]
-        if kind is dict:
-            return ["d", [[self.encode(k), self.encode(v)] for k, v in obj.items()]]
-        if kind in (np.ndarray, np.memmap) and not obj.dtype.hasobject:
-            return ["a", self.store_array(obj)]
-        if isinstance(obj, np.generic) and not obj.dtype.hasobject and obj.dtype.names is None:
-            return ["s", obj.dtype.str, obj.tobytes().hex()]
-        raise _NotPlain
-
-
-class _NotPlain(Exception):
-    pass
-
-
-def _decode_tree(node: Any, arrays: dict[str, np.ndarray]) -> Any:
-    if not isinstance(node, list):
-        return node
-    tag, *rest = node
-    if tag == "l":
-        return [_decode_tree(x, arrays) for x in rest[0]]
-    if tag == "t":
-        return tuple(_decode_tree(x, arrays) for x in rest[0])
-    if tag == "d":
-        return {_decode_tree(k, arrays): _decode_tree(v, arrays) for k, v in rest[0]}
-    if tag == "a":
-        return arrays[rest[0]]
-    if tag == "s":
-        return np.frombuffer(bytes.fromhex(rest[1]), dtype=rest[0])[0]
-    if tag == "f":
-        return float(rest[0])
-    raise EntryDamaged(f"unknown skeleton tag {tag!r}")
+def _from_raw(dtype: np.dtype, shape: tuple, order: str, raw: bytes) -> np.ndarray:
+    if dtype.itemsize == 0:
+        return np.zeros(shape, dtype=dtype, order=order)
+    flat = np.frombuffer(bytearray(raw), dtype=dtype)
+    return flat.reshape(shape[::-1]).T if order == "F" else flat.reshape(shape)
 
 
 class _ArrayPickler(pickle.Pickler):
     def __init__(self, file: io.BufferedWriter, store_array: Any) -> None:
         super().__init__(file, protocol=5)
         self.store_array = store_array
+        # id of an array pickled as bytes -> (the array, kept alive; its reference)
+        self.raw: dict[int, tuple[np.ndarray, tuple]] = {}
 
-    def persistent_id(self, obj: Any) -> str | None:
-        if (
-            isinstance(obj, np.ndarray)
-            and type(obj) in (np.ndarray, np.memmap)
-            and not obj.dtype.hasobject
-            and obj.nbytes >= PICKLE_INLINE_NBYTES
-        ):
-            return self.store_array(obj)
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            if obj.nbytes >= PICKLE_INLINE_NBYTES and storable(obj):
+                return self.store_array(obj)
+            if (
+                type(obj) in (np.ndarray, np.memmap)
+                and not obj.dtype.hasobject
+                and not (obj.dtype.isnative and (obj.flags.c_contiguous or obj.flags.f_contiguous))
+            ):
+                # numpy (2.4) pickles non-contiguous arrays, and arrays that export no
+                # buffer (datetimes), by a path that drops a non-native byte order ('>i2'
+                # comes back '<i2') and copies records without their padding: such arrays
+                # go as their bytes.  The same reference object each time, so that
+                # pickle's memo keeps a shared array shared.
+                known = self.raw.get(id(obj))
+                if known is None:
+                    known = self.raw[id(obj)] = (obj, _raw_reference(obj))
+                return known[1]
+        elif isinstance(obj, np.dtype):
+            # numpy pickles a dtype by its str, which turns np.longlong into np.int64 (in
+            # arrays and scalars alike): such dtypes go by their exact code instead.
+            code = dtype_code(obj)
+            if code != obj.str:
+                return ("dtype", code, None if obj.metadata is None else dict(obj.metadata))
         return None
 
 
@@ -436,11 +464,21 @@ class _ArrayUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BufferedReader, arrays: dict[str, np.ndarray]) -> None:
         super().__init__(file)
         self.arrays = arrays
+        self.raw: dict[int, tuple[tuple, np.ndarray]] = {}
 
-    def persistent_load(self, pid: str) -> np.ndarray:
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple):
+            if len(pid) == 3 and pid[0] == "dtype":
+                return np.dtype(pid[1], metadata=pid[2]) if pid[2] is not None else np.dtype(pid[1])
+            if len(pid) == 5 and pid[0] == "raw":
+                # A shared array's reference is one object (from pickle's memo): one array.
+                known = self.raw.get(id(pid))
+                if known is None:
+                    known = self.raw[id(pid)] = (pid, _from_raw(*pid[1:]))
+                return known[1]
         try:
             return self.arrays[pid]
-        except KeyError:
+        except (KeyError, TypeError):
             raise EntryDamaged(f"skeleton refers to a missing array {pid!r}") from None
 
 
@@ -456,26 +494,31 @@ def dump(result: Any, entry_dir: Path, compression: Compression | None) -> dict[
     entry_dir = Path(entry_dir)
     arrays: dict[str, dict[str, Any]] = {}
     seen: dict[int, str] = {}
+    # Every stored array is kept alive until the end: an id is unique only among live
+    # objects, and the pickler drops the items a __reduce__ iterator yields as soon as
+    # they are written, so the next one could reuse the id of the last.
+    kept: list[np.ndarray] = []
 
     def store_array(arr: np.ndarray) -> str:
-        # The same array object twice in a result is stored once.
+        # The same array object twice in a result is stored once, and loads as one object.
         name = seen.get(id(arr))
         if name is None:
+            kept.append(arr)
             name = seen[id(arr)] = f"a{len(arrays)}"
             arrays[name] = write_array(entry_dir, name, arr, compression)
         return name
 
     meta: dict[str, Any] = {"arrays": arrays}
-    if type(result) in (np.ndarray, np.memmap) and not result.dtype.hasobject:
+    if storable(result):
         store_array(result)
         meta["skeleton"] = "array"
         return meta
     try:
-        _TreeWriter(lambda arr: "").encode(result)  # a dry run: writes nothing
-    except _NotPlain:
+        TreeWriter(lambda arr: "").encode(result)  # a dry run: writes nothing
+    except (NotPlain, RecursionError):
         pass
     else:
-        meta["tree"] = _TreeWriter(store_array).encode(result)
+        meta["tree"] = TreeWriter(store_array).encode(result)
         meta["skeleton"] = "json"
         return meta
     buffer = io.BytesIO()
@@ -525,7 +568,7 @@ def load(
         if kind == "array":
             return arrays["a0"]
         if kind == "json":
-            return _decode_tree(meta["tree"], arrays)
+            return decode_tree(meta["tree"], arrays)
         if kind == "pickle":
             return _unpickle_skeleton(entry_dir, meta["pickle"], arrays, trust_foreign)
     except EntryDamaged:

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 import cloudpickle
@@ -42,6 +43,8 @@ class _ArrayPickler(cloudpickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
+        if kind is _At:  # first: one mark per result, kept cheap
+            return _reached, (obj.index, obj.kind)
         if kind is np.ndarray or kind is np.memmap:
             ref = self._reference(obj)
             if ref is not None:
@@ -144,7 +147,8 @@ class _At:
 
     Unpickling calls :func:`_reached` at each mark, so when rebuilding a value fails in
     the caller (its class is not importable there, its ``__reduce__`` raises, its file
-    is gone), the error can name the task.  It costs one small call per task.
+    is gone), the error can name the task.  A batch of plain numbers and strings (tiny
+    tasks), which cannot fail to rebuild, gets no marks.
     """
 
     __slots__ = ("index", "kind")
@@ -157,10 +161,13 @@ class _At:
 
 
 _rebuilding = threading.local()
+_MARK = object()  # what a mark becomes once unpickled
+_SCALARS = frozenset((int, float, complex, str, bytes, bool, type(None)))
 
 
-def _reached(index: int, kind: str) -> None:
+def _reached(index: int, kind: str) -> object:
     _rebuilding.at = (index, kind)
+    return _MARK
 
 
 def _payload(
@@ -168,10 +175,15 @@ def _payload(
     reference: Callable[[np.ndarray], Reference | None] = _no_reference,
 ) -> bytes:
     first = first_index or 0
-    marked = [x for i, value in enumerate(results) for x in (_At(first + i, "result"), value)]
+    if all(map(_SCALARS.__contains__, map(type, results))):
+        marked = results  # the common case of many tiny tasks: no loop in Python
+    else:
+        marked = [None, None] * len(results)
+        marked[::2] = map(_At, range(first, first + len(results)), repeat("result"))
+        marked[1::2] = results
     known = error is not None and first_index is not None
     mark = _At(first + error[0], "exception") if known else None
-    return _dumps((marked, mark, error, duration), reference)
+    return _dumps((marked is not results, marked, mark, error, duration), reference)
 
 
 def run_batch_in_worker(payload: bytes) -> bytes:
@@ -216,7 +228,7 @@ def loads_results(data: bytes) -> tuple[list, tuple | None, float]:
     """
     _rebuilding.at = None
     try:
-        marked, _mark, error, duration = pickle.loads(data)
+        has_marks, marked, _mark, error, duration = pickle.loads(data)
     except Exception as exc:
         at = _rebuilding.at
         if at is not None:
@@ -228,4 +240,5 @@ def loads_results(data: bytes) -> tuple[list, tuple | None, float]:
         raise
     finally:
         _rebuilding.at = None
-    return marked[1::2], error, duration
+    results = marked[1::2] if has_marks else marked
+    return results, error, duration

@@ -13,10 +13,15 @@ but not re-imported still runs the old code), it exists for functions without a
 readable source (``exec``, cloudpickled into a worker, a notebook cell after a
 restart) and it does not change with line numbers or comments.
 
+Closure values and default values are covered by content (hashed when the digest
+is computed), except lists, dicts, sets, deques and bytearrays: those are usually
+state the function changes (a counter, a log, a memo), and hashing them would make
+the key depend on when it was first computed.
+
 Not tracked (documented for users): calls through dynamic dispatch (``obj.method``
 on an instance, ``getattr``), mutable globals (lists, dicts, arrays, instances:
-their content can change without any rebinding), data files, installed packages
-and the interpreter version beyond what bytecode shows.
+their content can change without any rebinding) and mutable closure values, data
+files, installed packages, and the interpreter version beyond what bytecode shows.
 
 Cost: a digest is computed once per function object, then each call re-checks, by
 identity only, the code objects, global bindings and closure cells it was made
@@ -25,6 +30,7 @@ from (a few hundred nanoseconds for a handful of helpers); any change recomputes
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import site
@@ -45,6 +51,7 @@ MAX_FUNCTIONS = 2000
 _ABSENT = object()
 _EMPTY_CELL = object()
 _SIMPLE = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+_STATE = (list, dict, set, bytearray, collections.deque)
 
 
 # --- bytecode --------------------------------------------------------------------------------
@@ -193,10 +200,11 @@ class _Walk:
         code = func.__code__
         self.codes.append((func, code, func.__defaults__, func.__kwdefaults__))
         name = _qualified(func)
-        defaults = (func.__defaults__, func.__kwdefaults__)
         fingerprint: list[Any] = [code_fingerprint(code)]
-        if defaults != (None, None):
-            fingerprint.append(self._value(defaults, f"the default values of {name}"))
+        for i, default in enumerate(func.__defaults__ or ()):
+            fingerprint.append(self._value(default, f"default {i} of {name}"))
+        for key, default in sorted((func.__kwdefaults__ or {}).items()):
+            fingerprint.append((key, self._value(default, f"default {key!r} of {name}")))
         for var, cell in zip(code.co_freevars, func.__closure__ or (), strict=True):
             fingerprint.append((var, self._cell(cell, f"closure variable {var!r} of {name}")))
         self.parts[f"function {name}"] = fingerprint
@@ -218,6 +226,12 @@ class _Walk:
         return self._value(value, what)
 
     def _value(self, value: Any, what: str) -> Any:
+        if isinstance(value, _STATE):
+            # A list, dict or set captured by a closure or held as a default is usually
+            # state (a counter, a log, a memo) that the function itself changes: hashing
+            # it would make the key depend on when it was first computed.  Not covered,
+            # like mutable module globals.
+            return ("state", type(value).__qualname__)
         try:
             return hashing.hash(value)
         except (TypeError, ValueError):

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import persistence
 from .codecs import Compression, parse_compress
+from .eviction import enforce_bytes_limit
 from .exceptions import (
     CacheWarning,
     CodeNotCoveredWarning,
@@ -29,7 +30,8 @@ from .exceptions import (
 )
 from .funcinfo import FunctionInfo
 from .hashing import hash as hash_obj
-from .store import LocalStore
+from .journal import FUNCTION_STATS
+from .store import LocalStore, boot_id
 
 __all__ = [
     "MemorizedFunc",
@@ -186,6 +188,7 @@ class MemorizedFunc:
         cache_validation_callback: Callable[[dict], bool] | None = None,
         lock_timeout: float | None = 600.0,
         trust_foreign_pickles: bool = False,
+        bytes_limit: int | None = None,
     ) -> None:
         check_mmap_mode(mmap_mode)
         self.func = func
@@ -198,6 +201,7 @@ class MemorizedFunc:
         self.cache_validation_callback = cache_validation_callback
         self.lock_timeout = lock_timeout
         self.trust_foreign_pickles = trust_foreign_pickles
+        self.bytes_limit = bytes_limit
         self.info = FunctionInfo(func, self.ignore)
         self._store: LocalStore | None = None
         self._recorded_code: str | None = None
@@ -212,7 +216,7 @@ class MemorizedFunc:
             _rebuild,
             (self.info.module, self.func, self.location, self.ignore, self.mmap_mode,
              self.compress, self.verbose, self.cache_validation_callback, self.lock_timeout,
-             self.trust_foreign_pickles),
+             self.trust_foreign_pickles, self.bytes_limit),
         )
 
     def __repr__(self) -> str:
@@ -307,7 +311,17 @@ class MemorizedFunc:
                 return _MISS, None, False
             self._warn_damaged(entry, exc)
             return _MISS, meta, True
-        store.touch(entry)
+        boot = boot_id()
+        if meta.get("boot") != boot:
+            # Written before the last reboot: a power loss may have left files of the
+            # right size with stale bytes, which a memory-mapped hit (sizes only) misses.
+            # Checked in full once, then marked (loads without mmap_mode just did it).
+            problems = persistence.verify(entry, meta) if mmap_mode is not None else []
+            if problems:
+                self._warn_damaged(entry, problems[0])
+                return _MISS, meta, True
+            store.mark_checked(entry, meta, boot)
+        store.record("H", entry, _loaded_nbytes(meta), float(meta.get("duration") or 0))
         if self.verbose > 4:
             print(f"[Memory]{_format_duration(time.perf_counter() - t0)}   : "
                   f"Loading {self.info.qualname} from {entry}")
@@ -383,6 +397,7 @@ class MemorizedFunc:
         if entry is None:
             return output, metadata
         store = self.store
+        store.record("M", entry, 0, duration)
         tmp = None
         try:
             code = self.info.code_digest
@@ -391,7 +406,7 @@ class MemorizedFunc:
                 self._recorded_code = code
             tmp = store.new_entry(entry)
             meta = persistence.dump(output, tmp, self.compression)
-            meta.update(function=self.info.name, code=code,
+            meta.update(function=self.info.name, code=code, boot=boot_id(),
                         args=metadata["input_args"], created=start, duration=duration)
             store.publish(tmp, entry, meta, replace=replace)
         except BaseException as exc:
@@ -410,6 +425,11 @@ class MemorizedFunc:
             stored, _, _ = self._load(entry)
             if stored is not _MISS:
                 output = stored
+        if self.bytes_limit is not None:
+            try:
+                enforce_bytes_limit(store, self.bytes_limit)
+            except Exception as exc:  # the value is computed: never lose it over this
+                logger.warning("cannot keep %s under its bytes_limit: %s", self.location, exc)
         return output, metadata
 
     def _cached_call(self, args: tuple, kwargs: dict, force: bool = False) -> tuple[Any, dict]:
@@ -491,6 +511,12 @@ class MemorizedFunc:
         entry, _ = self._entry(args, kwargs)
         return entry is not None and self._in_cache(entry)
 
+    def stats(self) -> dict[str, float]:
+        """This function's counters: see :meth:`Memory.stats`."""
+        store = self.store
+        found = store.stats().get(self.func_id) if store is not None else None
+        return found or dict.fromkeys(FUNCTION_STATS, 0)
+
     def clear(self, warn: bool = True) -> None:
         """Delete every cached result of this function."""
         store = self.store
@@ -499,6 +525,10 @@ class MemorizedFunc:
         if warn and self.verbose > 0:
             print(f"[Memory] Clearing function cache of {self.info.name}")
         store.clear(self.info.folder)
+
+
+def _loaded_nbytes(meta: dict) -> int:
+    return sum(int(spec.get("nbytes") or 0) for spec in meta.get("arrays", {}).values())
 
 
 def _rebuild(module: str, *args: Any) -> MemorizedFunc:

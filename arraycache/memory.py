@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -13,6 +12,8 @@ from typing import Any
 
 from . import persistence
 from .codecs import parse_compress
+from .eviction import evict
+from .journal import FUNCTION_STATS
 from .memorized import MemorizedFunc, NotMemorizedFunc, check_mmap_mode
 from .store import LocalStore
 
@@ -42,7 +43,9 @@ class Memory:
     verbose : int
         0 is silent; 1 prints a line per computed call, as joblib does.
     bytes_limit : int or str, optional
-        Default size limit of :meth:`reduce_size`, e.g. ``"10G"``.
+        Size limit of the location, e.g. ``"10G"``, enforced after every store (the
+        check is O(1); entries are evicted, stale code versions first, then least
+        recently used, only when over it).  Also the default of :meth:`reduce_size`.
     backend_options : dict, optional
         Accepted for joblib compatibility; unused by the local backend.
     lock_timeout : float or None
@@ -73,6 +76,7 @@ class Memory:
             raise TypeError(f"unknown backend {backend!r}; only 'local' is available")
         check_mmap_mode(mmap_mode)
         parse_compress(compress)  # fail early on a bad value
+        parse_bytes(bytes_limit)
         if location is not None and not isinstance(location, (str, os.PathLike)):
             raise TypeError(f"location must be a path or None, not {type(location).__name__}")
         self.location = None if location is None else os.fspath(location)
@@ -145,6 +149,7 @@ class Memory:
             cache_validation_callback=cache_validation_callback,
             lock_timeout=self.lock_timeout,
             trust_foreign_pickles=self.trust_foreign_pickles,
+            bytes_limit=parse_bytes(self.bytes_limit),
         )
 
     def eval(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -215,36 +220,26 @@ class Memory:
         store = self._store()
         if store is None:
             return
-        store.remove_temporaries()
-        bytes_limit = parse_bytes(self.bytes_limit if bytes_limit is None else bytes_limit)
-        entries = list(store.entries())
-        latest = _latest_code_digests(store)
-        now = time.time()
-        # Eviction order: stale code first, then oldest access first.
-        entries.sort(key=lambda e: (e.code_digest == latest.get(e.path.parent), e.last_access))
-        total = sum(e.nbytes for e in entries)
-        count = len(entries)
-        for e in entries:
-            too_big = bytes_limit is not None and total > bytes_limit
-            too_many = items_limit is not None and count > items_limit
-            too_old = age_limit is not None and now - e.last_access > age_limit.total_seconds()
-            if too_big or too_many or too_old:
-                store.delete(e.path)
-                total -= e.nbytes
-                count -= 1
+        evict(store, parse_bytes(self.bytes_limit if bytes_limit is None else bytes_limit),
+              items_limit, age_limit)
 
+    def stats(self) -> dict[str, Any]:
+        """Counters of this location, kept by every process that uses it.
 
-def _latest_code_digests(store: LocalStore) -> dict[Path, str]:
-
-    latest = {}
-    for code_file in store.root.rglob("code.json"):
-        try:
-            digests = json.loads(code_file.read_text())["digests"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if digests:
-            latest[code_file.parent] = max(digests, key=digests.get)
-    return latest
+        Returns
+        -------
+        dict
+            ``hits``, ``misses`` (calls that computed), ``entries``, ``bytes`` (on
+            disk now), ``bytes_stored``, ``bytes_loaded`` (array bytes returned by
+            hits), ``compute_time`` (seconds spent computing) and ``time_saved`` (the
+            recorded compute time of every hit), for the whole location, and the same
+            per function under ``functions`` (keyed by ``module/qualname``).
+            Counters survive until :meth:`clear`; entries and bytes follow the disk.
+        """
+        store = self._store()
+        functions = store.stats() if store is not None else {}
+        totals = {key: sum(f[key] for f in functions.values()) for key in FUNCTION_STATS}
+        return {"location": self.location, **totals, "functions": functions}
 
 
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

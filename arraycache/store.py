@@ -6,6 +6,7 @@ Layout under a location::
     <module>/<qualname>/code.json    source digests seen (for info and eviction)
     <module>/<qualname>/<key>/       one zarr group per entry (see persistence.py)
     <module>/<qualname>/<key>.lock   held while one process computes the entry
+    .arraycache/                     bookkeeping shared by processes (see journal.py)
 
 An entry is written into ``<key>.tmp-<pid>-<random>`` beside its final place and
 renamed in, so readers see a whole entry or none.  Temporary folders of writers
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
+import logging
 import os
 import shutil
 import socket
@@ -29,7 +32,12 @@ from typing import Any
 
 import psutil
 
-__all__ = ["FORMAT_VERSION", "EntryInfo", "LocalStore"]
+from .journal import FOLDER as _BOOKKEEPING
+from .journal import Summary, journal_for
+
+__all__ = ["FORMAT_VERSION", "EntryInfo", "LocalStore", "boot_id"]
+
+logger = logging.getLogger("arraycache.store")
 
 #: Version of the on-disk format; entries of another version are not read.
 FORMAT_VERSION = 1
@@ -38,7 +46,6 @@ _META = "zarr.json"
 _TMP = ".tmp-"
 _TRASH = ".trash-"
 _LOCK = ".lock"
-_TOUCH_EVERY = 60.0  # seconds
 _HOST = socket.gethostname()
 
 
@@ -53,7 +60,28 @@ class EntryInfo:
     last_access: float
     """Time of the last hit (or of the write), seconds since the epoch."""
     code_digest: str | None
-    """Source digest of the function that produced it."""
+    """Digest of the code of the function that produced it."""
+    created: float = 0.0
+    """When it was written, seconds since the epoch."""
+    hits: int = 0
+    """Hits recorded since it was written."""
+    duration: float = 0.0
+    """Seconds the function took to compute it (saved again at each hit)."""
+
+    @property
+    def function(self) -> str:
+        """``module/qualname`` folder of its function."""
+        return f"{self.path.parent.parent.name}/{self.path.parent.name}"
+
+
+@functools.lru_cache(maxsize=1)
+def boot_id() -> str | None:
+    """This boot of the machine (Linux); None where the kernel does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -184,6 +212,7 @@ class LocalStore:
                                   "attributes": {"arraycache": meta}})
         if replace:
             self.delete(entry)
+        nbytes = _folder_nbytes(tmp) or 0
         try:
             os.rename(tmp, entry)
         except OSError:
@@ -191,32 +220,63 @@ class LocalStore:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another writer won; theirs is as good
             return False
+        self.record("S", entry, nbytes, float(meta.get("duration") or 0))
         return True
 
     def discard(self, tmp: Path) -> None:
         """Remove a temporary folder that will not be published."""
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def touch(self, entry: Path) -> None:
-        """Record a hit: the mtime of the entry's ``zarr.json`` is its last access.
+    # --- bookkeeping (advisory: never raises) -----------------------------------------------
 
-        Skipped when the mtime is under a minute old: eviction needs no finer clock,
-        and a metadata write right after a big store can wait on the journal for a
-        millisecond or more, which is the whole cost of a memory-mapped hit.
-        """
-        path = entry / _META
+    @staticmethod
+    def relative(entry: Path) -> str:
+        """``module/qualname/key`` of an entry folder: its name in the bookkeeping."""
+        return f"{entry.parent.parent.name}/{entry.parent.name}/{entry.name}"
+
+    def record(self, kind: str, entry: Path, nbytes: int = 0, seconds: float = 0.0) -> None:
+        """Journal an event of ``entry``: 'H' hit, 'M' miss, 'S' store, 'D' delete."""
+        journal_for(self.root).record(
+            kind, self.relative(entry), f"{entry.parent.parent.name}/{entry.parent.name}",
+            nbytes, seconds,
+        )
+
+    @property
+    def summary(self) -> Summary:
+        """The folded bookkeeping of this location."""
+        return Summary(self.root)
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Counters per function folder (see ``journal.FUNCTION_STATS``); entries and
+        bytes come from a scan, so they are right even if bookkeeping was lost."""
+        list(self.entries())  # brings the entries table in line with the disk
+        try:
+            return self.summary.stats()
+        except Exception as exc:
+            logger.debug("no statistics for %s: %s", self.root, exc)
+            return {}
+
+    def mark_checked(self, entry: Path, meta: dict[str, Any], boot: str) -> None:
+        """Record in the entry's metadata that it was verified in full during ``boot``."""
         with contextlib.suppress(OSError):
-            if time.time() - os.stat(path).st_mtime > _TOUCH_EVERY:
-                os.utime(path)
+            tmp = entry / f"{_META}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            _write_json(tmp, {"zarr_format": 3, "node_type": "group",
+                              "attributes": {"arraycache": {**meta, "boot": boot}}})
+            os.replace(tmp, entry / _META)
 
-    def delete(self, entry: Path) -> None:
-        """Remove an entry: renamed away first, so readers never see half of it."""
+    def delete(self, entry: Path) -> bool:
+        """Remove an entry: renamed away first, so readers never see half of it.
+
+        Returns whether this call removed it (False: it was already gone).
+        """
         trash = entry.with_name(f"{entry.name}{_TRASH}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             os.rename(entry, trash)
         except FileNotFoundError:
-            return
+            return False
+        self.record("D", entry)
         shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     # --- locks -----------------------------------------------------------------------------
 
@@ -268,51 +328,106 @@ class LocalStore:
         os.replace(tmp, path)
 
     def _function_dirs(self) -> Iterator[Path]:
-        for meta in self.root.rglob("code.json"):
-            yield meta.parent
+        # Two fixed levels, listed with scandir: other processes rename and delete
+        # folders while we list, and a vanished one is skipped, never an error.
+        for module in _subfolders(self.root):
+            if module.name != _BOOKKEEPING:
+                yield from _subfolders(module)
 
     def entries(self, folder: tuple[str, ...] | None = None) -> Iterator[EntryInfo]:
-        """Published entries, of one function or of all."""
-        dirs = [self.function_dir(folder)] if folder else self._function_dirs()
+        """Published entries, of one function or of all (with bookkeeping folded in)."""
+        dirs = [self.function_dir(folder)] if folder else list(self._function_dirs())
+        scanned = []
         for fdir in dirs:
-            if not fdir.is_dir():
-                continue
-            for entry in fdir.iterdir():
-                if not entry.is_dir() or _TMP in entry.name or _TRASH in entry.name:
+            for entry in _subfolders(fdir):
+                if _TMP in entry.name or _TRASH in entry.name:
                     continue
                 try:
                     meta = self.read_meta(entry) or {}
-                except (ValueError, KeyError):
+                except (ValueError, KeyError, OSError):
                     meta = {}
-                nbytes = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
-                try:
-                    last = (entry / _META).stat().st_mtime
-                except OSError:
-                    last = 0.0
-                yield EntryInfo(entry, nbytes, last, meta.get("code"))
+                nbytes = _folder_nbytes(entry)
+                if nbytes is None:
+                    continue  # removed while we looked
+                scanned.append((entry, meta, nbytes))
+        prefix = "/".join(folder) + "/" if folder else ""
+        try:
+            known = self.summary.resync(
+                [(self.relative(e), f"{e.parent.parent.name}/{e.parent.name}", n,
+                  float(m.get("created") or 0)) for e, m, n in scanned],
+                prefix,
+            )
+        except Exception as exc:  # advisory: a listing works without it
+            logger.debug("bookkeeping of %s unavailable: %s", self.root, exc)
+            known = {}
+        for entry, meta, nbytes in scanned:
+            created = float(meta.get("created") or 0)
+            last, hits = known.get(self.relative(entry), (created, 0))
+            yield EntryInfo(entry, nbytes, max(last, created), meta.get("code"), created, hits,
+                            float(meta.get("duration") or 0))
 
     def remove_temporaries(self, min_age: float = 3600.0) -> int:
         """Remove temporary and trash folders of writers that died; return how many."""
         removed = 0
-        for marker in (_TMP, _TRASH):
-            for path in self.root.rglob(f"*{marker}*"):
-                if _dead_writer(path.name, marker, min_age, path):
+        candidates = [*_children(self.root)]
+        for module in _subfolders(self.root):
+            if module.name == _BOOKKEEPING:
+                continue
+            for function in _subfolders(module):
+                candidates.extend(_children(function))
+        for path in candidates:
+            for marker in (_TMP, _TRASH):
+                if marker in path.name and _dead_writer(path.name, marker, min_age, path):
                     if path.is_dir():
                         shutil.rmtree(path, ignore_errors=True)
                     else:
                         path.unlink(missing_ok=True)
                     removed += 1
+                    break
         return removed
 
     def clear(self, folder: tuple[str, ...] | None = None) -> None:
         """Remove all entries of one function, or the whole cache content."""
         target = self.function_dir(folder) if folder else self.root
-        if not target.exists():
-            return
-        for child in list(target.iterdir()):
-            if child.name in ("arraycache.json", ".gitignore"):
+        for child in _children(target):
+            if child.name in ("arraycache.json", ".gitignore", _BOOKKEEPING):
                 continue
             if child.is_dir():
                 self.delete(child)
             else:
                 child.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):  # the entries table follows the disk
+            self.summary.resync([], "/".join(folder) + "/" if folder else "")
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as it:
+            return [Path(e.path) for e in it]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as it:
+            return [Path(e.path) for e in it if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _folder_nbytes(folder: Path) -> int | None:
+    """Bytes of the files under ``folder``; None if it vanished while we counted."""
+    total = 0
+    try:
+        for dirpath, _, names in os.walk(folder, onerror=_raise):
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+    except FileNotFoundError:
+        return None
+    return total
+
+
+def _raise(exc: OSError) -> None:
+    raise exc

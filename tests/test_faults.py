@@ -305,6 +305,9 @@ def tmpfs(path: Path, size: str):
 
 
 def remount_read_only(path: Path) -> None:
+    from arraycache.journal import close_journals
+
+    close_journals()  # an open journal keeps the mount busy (as a database would)
     _mount("-o", "remount,ro", str(path))
     with pytest.raises(OSError):  # really read-only, even for root
         (path / "probe").write_text("")

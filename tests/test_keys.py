@@ -319,7 +319,8 @@ def test_copies_of_a_script_do_not_share_entries(tmp_path: Path) -> None:
     # The same script in a new process hits its own entry.
     assert run_python("import runpy; runpy.run_path('exp1.py', run_name='__main__')",
                       tmp_path).split() == ["3", "True"]
-    folders = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    folders = sorted(p.name for p in (tmp_path / "cache").iterdir()
+                     if p.is_dir() and not p.name.startswith("."))
     assert len(folders) == 2 and all("exp" in f for f in folders), folders
 
 

@@ -225,23 +225,23 @@ class ThreadingBackend(ParallelBackend):
 
 
 def _nested_process_pool(kind: str, n_jobs: int) -> int:
-    """1, with joblib's warning, where a process pool must not start; else ``n_jobs``."""
-    if n_jobs == 1:
-        return 1
-    if in_worker_thread():
-        # Forking from a thread that is not the main one can deadlock the child.
-        warnings.warn(
-            f"{kind}-backed parallel loops cannot be nested below threads, setting n_jobs=1",
-            stacklevel=4,
-        )
-        return 1
-    if kind == "Multiprocessing" and nesting_limit() is not None:
-        warnings.warn(
-            "Multiprocessing-backed parallel loops cannot be nested, setting n_jobs=1",
-            stacklevel=4,
-        )
-        return 1
-    return n_jobs
+    """Workers for ``n_jobs``: 1, with joblib's warning, where a process pool must not start."""
+    if n_jobs != 1:
+        if in_worker_thread():
+            # Forking from a thread that is not the main one can deadlock the child.
+            warnings.warn(
+                f"{kind}-backed parallel loops cannot be nested below threads, "
+                "setting n_jobs=1",
+                stacklevel=4,
+            )
+            return 1
+        if kind == "Multiprocessing" and nesting_limit() is not None:
+            warnings.warn(
+                "Multiprocessing-backed parallel loops cannot be nested, setting n_jobs=1",
+                stacklevel=4,
+            )
+            return 1
+    return effective_n_jobs(n_jobs)
 
 
 class LokyBackend(ParallelBackend):
@@ -272,7 +272,7 @@ class LokyBackend(ParallelBackend):
         self._executor: Any = None
 
     def effective_n_jobs(self, n_jobs: int) -> int:
-        return _nested_process_pool("Loky", effective_n_jobs(n_jobs))
+        return _nested_process_pool("Loky", n_jobs)
 
     def _worker_env(self, n_jobs: int) -> dict[str, str]:
         n_threads = self.inner_max_num_threads or max(cpu_count() // n_jobs, 1)
@@ -363,7 +363,7 @@ class MultiprocessingBackend(ParallelBackend):
         self._key: tuple = ()
 
     def effective_n_jobs(self, n_jobs: int) -> int:
-        return _nested_process_pool("Multiprocessing", effective_n_jobs(n_jobs))
+        return _nested_process_pool("Multiprocessing", n_jobs)
 
     def configure(self, n_jobs: int, **options: Any) -> int:
         opts = _worker_options(self, options)

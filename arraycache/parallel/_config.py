@@ -253,8 +253,9 @@ class parallel_config:
         # plain-call form ``parallel_config(...)`` followed by ``with`` works too.
         _stack().append(layer)
 
-    def __enter__(self) -> parallel_config:
-        return self
+    def __enter__(self) -> dict[str, Any]:
+        """The configuration in force inside the block (as joblib, a dict)."""
+        return active_config()
 
     def __exit__(self, *exc_info: object) -> None:
         self.unregister()
@@ -285,6 +286,11 @@ class parallel_backend(parallel_config):
             backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads,
             **backend_params,
         )
+
+    def __enter__(self) -> tuple[Any, int | None]:  # type: ignore[override]
+        """``(backend, n_jobs)`` in force inside the block, as joblib's."""
+        config = active_config()
+        return config["backend"], config["n_jobs"]
 
 
 def register_parallel_backend(

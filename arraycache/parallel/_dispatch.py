@@ -98,6 +98,7 @@ class CallRun:
         self._inflight: dict[cf.Future, tuple[int, int, float | None]] = {}
         self._done: dict[int, list] = {}
         self._n_pulled = 0
+        self._started = False
         self.n_completed = 0
         self._closed = False
         self._close_lock = threading.Lock()
@@ -273,9 +274,15 @@ class CallRun:
         with self.backend.retrieval_context():
             yield from self._results()
 
+    def start(self) -> None:
+        """Send the first batches now (``Parallel`` does, before returning a generator)."""
+        if not self._started:
+            self._started = True
+            self._fill()
+
     def _results(self) -> Iterator[tuple[int, Any]]:
         next_index = 0
-        self._fill()
+        self.start()
         while self._inflight:
             done = self._wait()
             for future in sorted(done, key=lambda f: self._inflight[f][0]):

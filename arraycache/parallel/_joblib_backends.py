@@ -51,9 +51,19 @@ def is_joblib_backend(obj: Any) -> bool:
 
 
 def joblib_registered(name: str) -> Callable[..., Any] | None:
-    """The factory joblib knows as ``name``, if joblib is already imported (never imports it)."""
+    """The factory joblib knows as ``name``, if joblib is already imported (never imports it).
+
+    Includes joblib's lazily registered backends (``EXTERNAL_BACKENDS``), registered
+    the way joblib does on first use.
+    """
     module = sys.modules.get("joblib.parallel")
-    return None if module is None else getattr(module, "BACKENDS", {}).get(name)
+    if module is None:
+        return None
+    backends = getattr(module, "BACKENDS", {})
+    register = getattr(module, "EXTERNAL_BACKENDS", {}).get(name)
+    if name not in backends and register is not None and name != "dask":
+        register()
+    return backends.get(name)
 
 
 def dask_backend_factory() -> Callable[..., Any]:

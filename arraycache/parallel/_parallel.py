@@ -335,6 +335,14 @@ class Parallel:
             self._running = weakref.ref(run)
         if self.return_as == "list":
             return [value for _, value in _drive(run)]
+        if n_workers > 1:
+            # As joblib: workers start on the tasks now, not when the generator is first
+            # iterated (inline tasks stay lazy).
+            try:
+                run.start()
+            except BaseException:
+                run.close(abort=True)
+                raise
         generator = _values(_drive(run))
         # A generator dropped before it starts never runs its finally clause.
         weakref.finalize(generator, run.close, True)

@@ -61,15 +61,15 @@ def check_backend_spec(
         if isinstance(made, ParallelBackend):
             return backend, params
         return made, {}
-    if isinstance(backend, type):
-        raise TypeError(
-            f"backend must be a name, a backend instance or a multiprocessing context, not "
-            f"the class {backend.__qualname__} (pass an instance)"
-        )
     if params:
         raise ValueError(
             "Constructor parameters backend_params are only supported when backend is a "
             f"string; got {sorted(params)} with {backend!r}"
+        )
+    if isinstance(backend, type):
+        raise TypeError(
+            f"backend must be a name, a backend instance or a multiprocessing context, not "
+            f"the class {backend.__qualname__} (pass an instance)"
         )
     if not (
         isinstance(backend, ParallelBackend) or is_joblib_backend(backend)

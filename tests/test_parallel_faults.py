@@ -150,10 +150,12 @@ def test_pool_bound_zero_keeps_nothing_after_a_call(pool_bound):
     del data
 
 
-def test_pool_bound_rejects_bad_values():
+def test_pool_bound_rejects_bad_values(pool_bound):
     for bad in (-1, 1.5, "1G", True):
         with pytest.raises(ValueError, match="max_shared_bytes"):
             set_max_shared_bytes(bad)
+    pool_bound(np.int64(10))
+    assert set_max_shared_bytes(None) == 10
 
 
 def slow_view(arr, i):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -58,6 +59,8 @@ _LOCK_NAME = re.compile(rf"^({PREFIX}\d+-[0-9a-f]+){re.escape(LOCK_SUFFIX)}$")
 # A lock file being created (see hold_lock); left behind only by a crash in that instant.
 _NEW_LOCK = re.compile(rf"^\.{PREFIX}\d+-[0-9a-f]+{re.escape(LOCK_SUFFIX)}\.[0-9a-f]+$")
 _NEW_LOCK_MIN_AGE = 3600.0
+# flock errors meaning "this file system has no locks", not "this folder is unusable".
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 SHM = "/dev/shm"
 # /dev/shm is RAM: leave this much free beside the array so the machine keeps breathing.
 _SHM_MARGIN = 256 << 20
@@ -230,7 +233,7 @@ def _remove_all(paths: dict[str, str], locks: dict[str, int]) -> None:
             continue
         shutil.rmtree(path, ignore_errors=True)
         fd = locks.pop(root, None)
-        if fd is not None:
+        if fd is not None and fd >= 0:
             with contextlib.suppress(OSError):
                 os.unlink(path + LOCK_SUFFIX)
             with contextlib.suppress(OSError):
@@ -288,7 +291,15 @@ class ProcessFolders:
     def _make(self, root: str, path: str) -> None:
         if root not in self._locks:
             # The lock first: from the moment the folder exists, it is provably alive.
-            self._locks[root] = hold_lock(path + LOCK_SUFFIX)
+            try:
+                self._locks[root] = hold_lock(path + LOCK_SUFFIX)
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    raise
+                # A file system without flock (some NFS setups): share anyway, with no
+                # lock file; the folder is then never swept by others (it cannot be
+                # proven dead), only removed by us at exit.
+                self._locks[root] = -1
         if not os.path.isdir(path):
             make_private_dir(path)
 

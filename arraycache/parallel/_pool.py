@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import numbers
 import os
 import threading
 import uuid
@@ -69,11 +70,11 @@ def check_limit(value: Limit) -> Limit:
     """``value`` if it is a valid ``max_shared_bytes``, else ValueError."""
     if value is None or value == "auto":
         return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(
             f"max_shared_bytes must be 'auto', None or a number of bytes >= 0, not {value!r}"
         )
-    return value
+    return int(value)
 
 
 def set_max_shared_bytes(value: Limit) -> Limit:

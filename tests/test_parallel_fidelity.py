@@ -618,3 +618,22 @@ def test_backend_without_workers_is_refused():
 
     with pytest.raises(RuntimeError, match="NoWorkers has no active worker"):
         Parallel(n_jobs=2, backend=NoWorkers())(delayed(square)(i) for i in range(2))
+
+
+def test_closing_one_generator_does_not_break_another_live_call():
+    Parallel(2)(delayed(square)(i) for i in range(2))  # workers up
+    slow = Parallel(2, return_as="generator")(delayed(sleep_then)(0.5, i) for i in range(6))
+    quick = Parallel(2, return_as="generator")(delayed(square)(i) for i in range(6))
+    # The slow call's running tasks cannot be cancelled; its workers are shared with the
+    # quick call, so they are not killed: the tasks finish in the background.
+    slow.close()
+    assert list(quick) == [i * i for i in range(6)]
+
+
+def test_workers_shut_down_under_a_call_give_a_clear_error():
+    Parallel(2)(delayed(square)(i) for i in range(2))
+    gen = Parallel(2, return_as="generator")(delayed(sleep_then)(0.5, i) for i in range(6))
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    with pytest.raises(RuntimeError, match="were shut down by another part of this program"):
+        list(gen)
+    assert Parallel(2)(delayed(square)(i) for i in range(3)) == [0, 1, 4]

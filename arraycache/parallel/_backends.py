@@ -64,6 +64,9 @@ class ParallelBackend:
     reports_running : bool
         ``Future.running()`` is true only once a worker has started the batch (it
         then times the batch for ``timeout``).
+    shared_workers : bool
+        Its workers serve every ``Parallel`` of the process (loky's reusable pool):
+        :meth:`abort` would stop the tasks of other calls too.
     default_n_jobs : int
         Workers used when neither ``Parallel`` nor ``parallel_config`` sets ``n_jobs``.
     """
@@ -73,6 +76,7 @@ class ParallelBackend:
     supports_timeout = True
     supports_inner_max_num_threads = False
     reports_running = False
+    shared_workers = False
     default_n_jobs = 1
     #: Name shown in verbose messages.
     name = "backend"
@@ -256,6 +260,7 @@ class LokyBackend(ParallelBackend):
     uses_processes = True
     supports_sharedmem = False
     supports_inner_max_num_threads = True
+    shared_workers = True
 
     def __init__(
         self,

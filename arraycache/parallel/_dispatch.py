@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from ._backends import ParallelBackend
 from ._config import cpu_count, nesting_limit
 from ._errors import ParallelTimeoutError, WorkerDiedError
 from ._folders import FOLDERS, call_folder_name, make_private_dir, pick_root, shm_root
+from ._loky import ShutdownExecutorError
 from ._pickling import (
     Task,
     _sendable_exception,
@@ -46,6 +48,18 @@ def _check_task(item: Any, index: int) -> Task:
     if not callable(func):
         raise TypeError(f"task {index}: {func!r} is not callable")
     return func, tuple(args), dict(kwargs)
+
+
+def _shut_down(first: int, n: int) -> RuntimeError:
+    return RuntimeError(
+        f"the worker processes for {_tasks(first, first + n - 1)} were shut down by another "
+        "part of this program while this call was running (loky's executor shut down, "
+        "e.g. get_reusable_executor().shutdown()); the call cannot complete"
+    )
+
+
+# Calls in progress, to know whether killing shared workers would hit another call.
+_LIVE_RUNS: weakref.WeakSet = weakref.WeakSet()
 
 
 def _tasks(first: int, last: int) -> str:
@@ -120,6 +134,7 @@ class CallRun:
             self._call_folders = list(folders.values())
             self._spec = ResultSpec(max_nbytes, mmap_mode, temp_folder, folders)
         self._clock = None if timeout is None or self._sequential else self._make_clock()
+        _LIVE_RUNS.add(self)
         backend.start_call()
 
     def _make_clock(self) -> BatchClock:
@@ -203,7 +218,10 @@ class CallRun:
             fn, args = self._clock.submission(first, fn, args)
             if self._clock.kind == "slots" and len(self._inflight) < self.n_workers:
                 started = time.monotonic()
-        future = self.backend.submit(fn, *args)
+        try:
+            future = self.backend.submit(fn, *args)
+        except ShutdownExecutorError as exc:
+            raise _shut_down(first, len(tasks)) from exc
         self._inflight[future] = (first, len(tasks), started)
 
     # --- collection --------------------------------------------------------------------------
@@ -253,6 +271,8 @@ class CallRun:
                 "`dmesg`), or crashed (e.g. a segfault in compiled code). The other tasks "
                 f"were cancelled.\n({type(exc).__name__}: {exc})"
             ) from exc
+        except ShutdownExecutorError as exc:
+            raise _shut_down(first, n) from exc
         if self._sharing is not None:
             results, error, duration = loads_results(outcome)
         else:
@@ -316,6 +336,16 @@ class CallRun:
 
     # --- end ---------------------------------------------------------------------------------
 
+    def _workers_shared_now(self) -> bool:
+        """True if another live call runs on the same (shared) workers."""
+        if not self.backend.shared_workers:
+            return False
+        kind = type(self.backend)
+        return any(
+            run is not self and not run._closed and type(run.backend) is kind
+            for run in list(_LIVE_RUNS)
+        )
+
     def close(self, abort: bool) -> None:
         """Free what the call holds; with ``abort``, stop tasks still running first."""
         with self._close_lock:
@@ -325,9 +355,11 @@ class CallRun:
         try:
             if abort and self._inflight:
                 running = [f for f in self._inflight if not f.cancel()]
-                if any(not f.done() for f in running):
+                if any(not f.done() for f in running) and not self._workers_shared_now():
                     self.backend.abort()
                 else:
+                    # Tasks already running finish in the background, their results
+                    # dropped: killing the workers would break another live call.
                     self.backend.cancelled()
             self._inflight.clear()
             self._ready.clear()
@@ -337,6 +369,7 @@ class CallRun:
             self._iterator = None
             self.backend.stop_call()
         finally:
+            _LIVE_RUNS.discard(self)
             if self._sharing is not None:
                 self._sharing.close()
             for folder in self._call_folders:

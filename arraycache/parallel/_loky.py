@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import multiprocessing.context
 
-__all__ = ["LOKY_CONTEXT", "TerminatedWorkerError", "get_reusable_executor", "loky"]
+__all__ = [
+    "LOKY_CONTEXT",
+    "ShutdownExecutorError",
+    "TerminatedWorkerError",
+    "get_reusable_executor",
+    "loky",
+]
 
 _NAMES = ("loky", "loky_init_main")
 _registry = multiprocessing.context._concrete_contexts
@@ -22,7 +28,7 @@ _before = {name: _registry[name] for name in _NAMES if name in _registry}
 import loky  # noqa: E402
 from loky import get_reusable_executor  # noqa: E402
 from loky.backend.context import ctx_loky  # noqa: E402
-from loky.process_executor import TerminatedWorkerError  # noqa: E402
+from loky.process_executor import ShutdownExecutorError, TerminatedWorkerError  # noqa: E402
 
 _registry.update(_before)
 

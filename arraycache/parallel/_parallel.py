@@ -264,6 +264,12 @@ class Parallel:
         """Print a progress message (override to send them elsewhere)."""
         print_message(repr(self), self.verbose, msg)
 
+    def _effective_n_jobs(self) -> int:
+        """Workers a call would use now (joblib's private method, used by joblib's tests)."""
+        if isinstance(self._backend, SequentialBackend):
+            return 1
+        return self._backend.effective_n_jobs(self.n_jobs)
+
     def _configure(self) -> tuple[ParallelBackend, int]:
         backend = self._backend
         if isinstance(backend, SequentialBackend):

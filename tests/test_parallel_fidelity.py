@@ -637,3 +637,15 @@ def test_workers_shut_down_under_a_call_give_a_clear_error():
     with pytest.raises(RuntimeError, match="were shut down by another part of this program"):
         list(gen)
     assert Parallel(2)(delayed(square)(i) for i in range(3)) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("lib", [arraycache, joblib], ids=["arraycache", "joblib"])
+def test_sharedmem_replacing_a_configured_backend_is_said_at_verbose_10(lib, capsys):
+    with lib.parallel_config("loky", n_jobs=2):
+        lib.Parallel(require="sharedmem", verbose=10)
+        lib.Parallel(require="sharedmem", verbose=9)
+    out, err = capsys.readouterr()
+    assert out == (
+        "Using ThreadingBackend as joblib backend instead of LokyBackend as the latter does "
+        "not provide shared memory semantics.\n"
+    )

@@ -50,6 +50,10 @@ def _check_task(item: Any, index: int) -> Task:
     return func, tuple(args), dict(kwargs)
 
 
+def _tasks(first: int, last: int) -> str:
+    return f"task {first}" if first == last else f"tasks {first} to {last}"
+
+
 def _shut_down(first: int, n: int) -> RuntimeError:
     return RuntimeError(
         f"the worker processes for {_tasks(first, first + n - 1)} were shut down by another "
@@ -60,10 +64,8 @@ def _shut_down(first: int, n: int) -> RuntimeError:
 
 # Calls in progress, to know whether killing shared workers would hit another call.
 _LIVE_RUNS: weakref.WeakSet = weakref.WeakSet()
-
-
-def _tasks(first: int, last: int) -> str:
-    return f"task {first}" if first == last else f"tasks {first} to {last}"
+# Reentrant: a call collected by the garbage collector closes itself in whatever thread.
+_LIVE_LOCK = threading.RLock()
 
 
 def run_tasks_elsewhere(tasks: list[Task], nesting_limit: int) -> tuple[list, tuple | None, float]:
@@ -134,7 +136,8 @@ class CallRun:
             self._call_folders = list(folders.values())
             self._spec = ResultSpec(max_nbytes, mmap_mode, temp_folder, folders)
         self._clock = None if timeout is None or self._sequential else self._make_clock()
-        _LIVE_RUNS.add(self)
+        with _LIVE_LOCK:
+            _LIVE_RUNS.add(self)
         backend.start_call()
 
     def _make_clock(self) -> BatchClock:
@@ -341,9 +344,10 @@ class CallRun:
         if not self.backend.shared_workers:
             return False
         kind = type(self.backend)
+        with _LIVE_LOCK:
+            runs = list(_LIVE_RUNS)
         return any(
-            run is not self and not run._closed and type(run.backend) is kind
-            for run in list(_LIVE_RUNS)
+            run is not self and not run._closed and type(run.backend) is kind for run in runs
         )
 
     def close(self, abort: bool) -> None:
@@ -369,7 +373,8 @@ class CallRun:
             self._iterator = None
             self.backend.stop_call()
         finally:
-            _LIVE_RUNS.discard(self)
+            with _LIVE_LOCK:
+                _LIVE_RUNS.discard(self)
             if self._sharing is not None:
                 self._sharing.close()
             for folder in self._call_folders:

@@ -27,7 +27,6 @@ import os
 import pickle
 import threading
 import types
-import warnings
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ import numpy as np
 import xxhash
 
 from .codedigest import CodeVersion, code_fingerprint, is_user_code
+from .plainjson import dtype_code, dtype_to_json
 
 __all__ = [
     "BLOCK_SIZE",
@@ -44,6 +44,7 @@ __all__ = [
     "block_digest",
     "block_digests",
     "combine_digests",
+    "has_padding",
     "hash",
     "remember_digest",
     "stored_digest",
@@ -82,15 +83,50 @@ def _dtype_metadata(dtype: np.dtype) -> Any:
 
 
 def _array_header(arr: np.ndarray) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "metadata on a dtype is not saved": we add it below
-        descr = np.lib.format.dtype_to_descr(arr.dtype)
-    header = repr((descr, arr.shape, _array_order(arr))).encode()
+    header = repr((dtype_to_json(arr.dtype), arr.shape, _array_order(arr))).encode()
+    code = dtype_code(arr.dtype)
+    if code != arr.dtype.str:
+        header += b"type" + code.encode()  # np.longlong is not np.int64, though both '<i8'
     metadata = _dtype_metadata(arr.dtype)
     if metadata is not None:
         # Hashed, not repr'd: metadata may hold dicts, whose repr follows insertion order.
         header += b"metadata" + hash(metadata).encode()
     return header
+
+
+def _packed_itemsize(dtype: np.dtype) -> int:
+    if dtype.fields is not None:
+        return sum(_packed_itemsize(dtype.fields[name][0]) for name in dtype.names)
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return _packed_itemsize(base) * math.prod(shape)
+    return dtype.itemsize
+
+
+def has_padding(dtype: np.dtype) -> bool:
+    """Whether items of ``dtype`` hold bytes no field covers (or fields overlap)."""
+    return dtype.fields is not None and _packed_itemsize(dtype) != dtype.itemsize
+
+
+def _defined_padding(arr: np.ndarray) -> np.ndarray:
+    """A copy of record array ``arr`` with zero padding bytes.
+
+    Padding holds whatever memory held (numpy copies records field by field), so
+    equal records would otherwise hash apart, and a cached call on them never hit.
+    """
+    # Not zeros_like (it fills item by item, leaving padding as it was) nor a whole
+    # assignment (a copy of whole items): zeroed memory, then each leaf field.
+    out = np.zeros(arr.shape, arr.dtype, order="F" if _array_order(arr) == "F" else "C")
+    _copy_fields(out, arr)
+    return out
+
+
+def _copy_fields(target: np.ndarray, source: np.ndarray) -> None:
+    if source.dtype.fields is None:
+        target[...] = source
+        return
+    for name in source.dtype.names:
+        _copy_fields(target[name], source[name])
 
 
 def _contiguous_pieces(arr: np.ndarray, target: int, order: str = "C") -> Iterator[memoryview]:
@@ -268,7 +304,8 @@ def array_digest(arr: np.ndarray) -> str:
     stored = stored_digest(arr)
     if stored is not None:
         return stored
-    return combine_digests(arr, block_digests(arr))
+    data = _defined_padding(arr) if has_padding(arr.dtype) else arr
+    return combine_digests(arr, block_digests(data))
 
 
 # --- objects ---------------------------------------------------------------------------------
@@ -306,6 +343,14 @@ def _code_token(
 def _subclass_token(module: str, qualname: str, digest: str, extra: str) -> None:
     """Stands for an ndarray subclass: its class, its data, and what the class adds
     (a masked array's mask and fill value, the attributes of others) (never called)."""
+
+
+def _scalar_token(kind: str, digest: str) -> None:
+    """Stands for a numpy scalar, by its type and value (never called)."""
+
+
+def _dtype_token(header: bytes) -> None:
+    """Stands for a dtype, by the header of an array of it (never called)."""
 
 
 def _user_code_token(module: str, qualname: str, code_digest: str) -> None:
@@ -488,7 +533,13 @@ class _Hasher(pickle.Pickler):
             return _class_token, (obj.__module__, obj.__qualname__)  # local classes, like joblib
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
             return NotImplemented  # by qualified name
-        if isinstance(obj, (np.generic, np.dtype)):
+        if isinstance(obj, np.generic) and not obj.dtype.hasobject:
+            # By value as a 0-d array: numpy pickles np.longlong as np.int64 and keeps
+            # no dtype metadata; a record scalar's padding is not part of its value.
+            return _scalar_token, (type(obj).__qualname__, self._array_digest(np.asarray(obj)))
+        if isinstance(obj, np.dtype):
+            return _dtype_token, (_array_header(np.empty(0, obj)),)
+        if isinstance(obj, np.generic):
             return NotImplemented
         back = self._back_reference(obj)
         if back is not None:

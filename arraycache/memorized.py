@@ -31,7 +31,7 @@ from .exceptions import (
 from .funcinfo import FunctionInfo
 from .hashing import hash as hash_obj
 from .journal import FUNCTION_STATS
-from .store import LocalStore, boot_id
+from .store import LocalStore, OutdatedEntry, boot_id
 
 __all__ = [
     "MemorizedFunc",
@@ -281,6 +281,8 @@ class MemorizedFunc:
         store = self.store
         try:
             meta = store.read_meta(entry)
+        except OutdatedEntry:
+            return _MISS, None, True  # an upgrade: recompute and replace, quietly
         except (ValueError, KeyError, OSError) as exc:
             self._warn_damaged(entry, exc)
             return _MISS, None, True

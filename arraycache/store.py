@@ -35,12 +35,18 @@ import psutil
 from .journal import FOLDER as _BOOKKEEPING
 from .journal import Summary, journal_for
 
-__all__ = ["FORMAT_VERSION", "EntryInfo", "LocalStore", "boot_id"]
+__all__ = ["FORMAT_VERSION", "EntryInfo", "LocalStore", "OutdatedEntry", "boot_id"]
 
 logger = logging.getLogger("arraycache.store")
 
-#: Version of the on-disk format; entries of another version are not read.
-FORMAT_VERSION = 1
+#: Version of the on-disk format; entries of another version are not read.  2: exact
+#: scalar types, dtype metadata, JSON floats by their bits, boot ids (entries of 1 can
+#: hold values that version 2 would not return: they are recomputed).
+FORMAT_VERSION = 2
+
+
+class OutdatedEntry(ValueError):
+    """An entry written by an older arraycache: recomputed and replaced, without a warning."""
 
 _META = "zarr.json"
 _TMP = ".tmp-"
@@ -190,8 +196,11 @@ class LocalStore:
         except NotADirectoryError:
             raise ValueError(f"{entry} is not a folder") from None
         meta = json.loads(raw)["attributes"]["arraycache"]
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"entry format version {meta.get('format_version')!r} is unknown")
+        version = meta.get("format_version")
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise OutdatedEntry(f"entry format version {version} is outdated")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"entry format version {version!r} is unknown")
         return meta
 
     def new_entry(self, entry: Path) -> Path:

@@ -2,8 +2,9 @@
 
 ``observe(v)`` is what a function can see of an argument: type, dtype (with its
 metadata), shape, memory order, exact bytes (NaN payloads, -0.0), masks, nesting.
-Two deliberate exceptions, both as in joblib and documented: the insertion order of
-a dict and whether two equal mutable members are one object or two.
+Three deliberate exceptions, documented: the insertion order of a dict and whether two
+equal mutable members are one object or two (both as in joblib), and the padding bytes
+of records, which hold whatever memory held (numpy's own ``copy`` does not keep them).
 
 For generated pairs, different observations must give different digests, and equal
 values built separately must give equal ones; a cached ``observe`` must return the
@@ -34,13 +35,17 @@ def observe(value):
     if isinstance(value, np.ndarray):
         order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
         data = np.asarray(value).view(np.ndarray)
+        if data.dtype.fields is not None:
+            data = _zero_padded(data)
         raw = np.ascontiguousarray(data).view(np.uint8).tobytes() if data.size else b""
         extra = None
         if isinstance(value, np.ma.MaskedArray):
             extra = (np.ma.getmaskarray(value).tobytes(), observe(value.fill_value))
         return (name, value.dtype.descr, _metadata(value.dtype), value.shape, order, raw, extra)
     if isinstance(value, np.generic):
-        return (name, value.dtype.str, _metadata(value.dtype), value.tobytes())
+        data = np.asarray(value)
+        data = _zero_padded(data) if data.dtype.fields is not None else data
+        return (name, value.dtype.str, _metadata(value.dtype), data.tobytes())
     if kind is float:
         return (name, struct.pack("<d", value))
     if kind is complex:
@@ -54,6 +59,17 @@ def observe(value):
     if kind is dict:
         return (name, tuple(sorted((repr(observe(k)), observe(v)) for k, v in value.items())))
     return (name, value)
+
+
+def _zero_padded(records: np.ndarray) -> np.ndarray:
+    out = np.zeros(records.shape, records.dtype)  # calloc: padding is zero
+    for name in records.dtype.names:
+        field = records[name]
+        if field.dtype.fields is not None:
+            out[name] = _zero_padded(field)
+        else:
+            out[name] = field
+    return out
 
 
 def _metadata(dtype: np.dtype):

@@ -465,3 +465,33 @@ def test_entry_cleared_between_lookup_and_load_is_a_quiet_miss(memory, monkeypat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(cached(5), np.arange(5) * 2)
+
+
+def test_record_padding_is_not_part_of_the_key(memory) -> None:
+    """Padding holds garbage that numpy does not copy: equal records must hit."""
+    padded = np.dtype({"names": ["a", "b"], "formats": ["u1", "<f8"], "offsets": [0, 8],
+                       "itemsize": 16})
+    first = np.zeros(4, padded)
+    first.view(np.uint8)[1::16] = 0xAB  # garbage in the padding
+    second = np.zeros(4, padded)
+    assert first.tobytes() != second.tobytes()
+    assert ac_hash(first) == ac_hash(second) == ac_hash(first.copy())
+    assert ac_hash(first[::2]) == ac_hash(second[::2])
+    second["a"][0] = 1
+    assert ac_hash(first) != ac_hash(second)
+    calls = []
+    total = memory.cache(lambda x: calls.append(1) or int(x["a"].sum()))
+    assert total(first) == 0 and total(np.zeros(4, padded)) == 0
+    assert len(calls) == 1
+
+
+def test_c_types_of_one_size_hash_apart() -> None:
+    assert ac_hash(np.longlong(3)) != ac_hash(np.int64(3))
+    assert ac_hash(np.zeros(3, np.longlong)) != ac_hash(np.zeros(3, np.int64))
+    assert ac_hash(np.zeros(3, np.int64)) == ac_hash(np.zeros(3, "<i8"))
+
+
+def test_titled_fields_with_metadata_hash() -> None:
+    titled = np.dtype({"names": ["a"], "formats": [np.dtype("i1", metadata={"k": 1})],
+                       "titles": ["title"]})
+    assert ac_hash(np.zeros(2, titled)) != ac_hash(np.ones(2, titled))

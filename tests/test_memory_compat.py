@@ -103,3 +103,23 @@ def test_coerce_mmap(tmp_path: Path) -> None:
     assert arraycache.hash(mapped, coerce_mmap=False) != arraycache.hash(array, coerce_mmap=False)
     assert arraycache.hash([mapped], coerce_mmap=False) != arraycache.hash([array])
     del mapped
+
+
+def test_entry_of_an_older_format_is_recomputed_quietly(location: Path) -> None:
+    import json
+    import warnings
+
+    calls = []
+    memory = arraycache.Memory(location, verbose=0)
+    make = memory.cache(lambda n: calls.append(n) or np.arange(n))
+    make(3)
+    (meta_path,) = [p for p in location.rglob("zarr.json") if p.parent.parent.name != "a0"
+                    and "arraycache" in p.read_text()]
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["arraycache"]["format_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(make(3), np.arange(3))
+        np.testing.assert_array_equal(make(3), np.arange(3))
+    assert calls == [3, 3]  # recomputed once, then the replacement hits

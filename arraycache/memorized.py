@@ -327,6 +327,9 @@ class MemorizedFunc:
         if self.verbose > 4:
             print(f"[Memory]{_format_duration(time.perf_counter() - t0)}   : "
                   f"Loading {self.info.qualname} from {entry}")
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("hit %s in %s (%.1f ms, saves %.3f s)", self.info.name, entry.name,
+                         (time.perf_counter() - t0) * 1e3, float(meta.get("duration") or 0))
         return result, meta, False
 
     def _replaced_since(self, entry: Path, meta: dict) -> bool:
@@ -336,6 +339,7 @@ class MemorizedFunc:
             return False
 
     def _warn_damaged(self, entry: Path, exc: BaseException) -> None:
+        logger.info("damaged entry %s of %s: %s", entry, self.info.name, exc)
         warnings.warn(
             f"cache entry {entry} of {self.info.name} is damaged ({exc}); recomputing",
             DamagedEntryWarning, stacklevel=5,
@@ -410,7 +414,11 @@ class MemorizedFunc:
             meta = persistence.dump(output, tmp, self.compression)
             meta.update(function=self.info.name, code=code, boot=boot_id(),
                         args=metadata["input_args"], created=start, duration=duration)
-            store.publish(tmp, entry, meta, replace=replace)
+            published = store.publish(tmp, entry, meta, replace=replace)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s %s in %s: computed in %.3f s%s", "stored" if published else
+                            "another process stored", self.info.name, entry.name, duration,
+                            f", {_loaded_nbytes(meta)} bytes of arrays" if published else "")
         except BaseException as exc:
             if tmp is not None:
                 store.discard(tmp)

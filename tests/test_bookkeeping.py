@@ -221,3 +221,27 @@ def test_reduce_size_while_other_processes_store_and_hit(tmp_path: Path) -> None
         finish(w)
     assert rounds > 3
     assert not [p for p in location.rglob("*") if ".tmp-" in p.name or ".trash-" in p.name]
+
+
+def test_hits_misses_stores_evictions_and_damage_are_logged(location: Path, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="arraycache")
+    memory = arraycache.Memory(location, verbose=0)
+    make = memory.cache(lambda n: np.arange(n, dtype=float))
+    make(1000)
+    make(1000)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("arraycache")]
+    assert any(m.startswith("stored ") and "computed in" in m and "8000 bytes" in m
+               for m in messages), messages
+    assert any(m.startswith("hit ") for m in messages), messages
+    (entry,) = [e.path for e in memory._store().entries()]
+    (entry / "a0" / "c" / "0").write_bytes(b"short")
+    caplog.clear()
+    with pytest.warns(arraycache.DamagedEntryWarning):
+        make(1000)
+    assert any(r.getMessage().startswith("damaged entry") for r in caplog.records)
+    caplog.clear()
+    memory.reduce_size(bytes_limit=0)
+    assert any(r.getMessage().startswith("evicted ") and r.name == "arraycache.eviction"
+               for r in caplog.records)

@@ -163,9 +163,17 @@ class _Walk:
         self.codes: list[tuple[types.FunctionType, types.CodeType, Any, Any]] = []
         self.bindings: list[tuple[Any, str, Any]] = []
         self.cells: list[tuple[types.CellType, Any]] = []
+        self.bound: set[tuple[int, str]] = set()
         self.seen: set[int] = set()
         self.keep: list[Any] = []  # ids in `seen` must stay unique while walking
         self.uncovered: list[str] = []  # values that could not be hashed
+
+    def _bind(self, namespace: Any, name: str, value: Any) -> None:
+        """Check later that ``namespace[name]`` is still ``value`` (once per pair)."""
+        key = (id(namespace), name)
+        if key not in self.bound:
+            self.bound.add(key)
+            self.bindings.append((namespace, name, value))
 
     def _first_visit(self, obj: Any) -> bool:
         if id(obj) in self.seen:
@@ -263,7 +271,7 @@ class _Walk:
                 attributes.append((attr, value))
             else:
                 continue  # descriptors, mutable class attributes: not covered
-            self.bindings.append((namespace, attr, value))
+            self._bind(namespace, attr, value)
         self.parts[f"class {_qualified(cls)}"] = attributes
         for base in cls.__mro__[1:]:
             self.visit(base)
@@ -275,18 +283,18 @@ class _Walk:
                 continue
             if isinstance(value, types.ModuleType):
                 if is_user_code(value) and self._first_visit(value):
-                    self.bindings.append((namespace, name, value))
+                    self._bind(namespace, name, value)
                     # ``helpers.clean(x)``: the attribute names of the code, looked up
                     # in the user module.
                     self.visit_globals(vars(value), names, value.__name__)
             elif _simple_constant(value):
-                self.bindings.append((namespace, name, value))
+                self._bind(namespace, name, value)
                 self.parts[f"constant {module_name}.{name}"] = value
             elif callable(value) and (
                 isinstance(value, (types.FunctionType, type, functools.partial))
                 or hasattr(value, "__wrapped__")
             ):
-                self.bindings.append((namespace, name, value))
+                self._bind(namespace, name, value)
                 self.visit(value)
                 if isinstance(value, functools.partial):
                     self.parts[f"partial {module_name}.{name}"] = self._value(

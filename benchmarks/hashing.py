@@ -8,7 +8,12 @@
 - ``hit-big-arg``: hit of a cached function whose argument is the large array;
 - ``pipeline-2-steps``: ``step2(step1(key))``, both cached with ``mmap_mode='r'``, both
   hits; step1 returns the large array;
-- ``small-hits-10k``: 10,000 hits of a cached function with an int and a short string.
+- ``small-hits-10k``: 10,000 hits of a cached function with an int and a short string;
+- ``first-hit-helpers``: the first hit of a function that calls 20 helpers and a class of
+  a user module, through a new ``Memory``: what a new process or notebook kernel pays to
+  learn the code (arraycache walks the helpers' bytecode; joblib reads the source);
+- ``hits-helpers-10k``: 10,000 later hits of it (arraycache re-checks the helpers by
+  identity at each call).
 """
 
 from __future__ import annotations
@@ -113,6 +118,46 @@ def small_hits_10k(lib, size: int, tmp: Path) -> dict:
     return {"time": seconds, "per_hit_us": seconds / 10_000 * 1e6}
 
 
+_HELPERS = "\n".join(
+    [f"def helper{i}(x):\n    return x + {i} + SCALE\n" for i in range(20)]
+    + ["SCALE = 3", "class Model:", "    def apply(self, x):", "        return x * 2",
+       "def features(x):",
+       "    return Model().apply(" + " + ".join(f"helper{i}(x)" for i in range(20)) + ")"]
+)
+
+
+def _helper_module(tmp: Path):
+    import importlib
+    import sys
+
+    (tmp / "bench_helpers.py").write_text(_HELPERS)
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("bench_helpers")
+
+
+def first_hit_helpers(lib, size: int, tmp: Path) -> dict:
+    module = _helper_module(tmp)
+    lib.Memory(str(tmp / "cache"), verbose=0).cache(module.features)(1)
+    warm_memory(64 << 20)
+    seconds, _ = timed(lambda: lib.Memory(str(tmp / "cache"), verbose=0).cache(
+        module.features)(1))
+    return {"time": seconds}
+
+
+def hits_helpers_10k(lib, size: int, tmp: Path) -> dict:
+    module = _helper_module(tmp)
+    func = lib.Memory(str(tmp / "cache"), verbose=0).cache(module.features)
+    func(1)
+
+    def hits() -> None:
+        for _ in range(10_000):
+            func(1)
+
+    warm_memory(64 << 20)
+    seconds, _ = timed(hits)
+    return {"time": seconds, "per_hit_us": seconds / 10_000 * 1e6}
+
+
 WORKLOADS = [
     Workload("hash-contiguous", hash_contiguous, "hashing", notes="lib.hash(a), C-contiguous"),
     Workload("hash-strided", hash_strided, "hashing", notes="lib.hash(b[:, ::2])"),
@@ -126,4 +171,8 @@ WORKLOADS = [
     Workload("hit-big-arg", hit_big_arg, "hashing", notes="hit, the argument is the array"),
     Workload("pipeline-2-steps", pipeline_2_steps, "hashing", notes="step2(step1(k)), both hits"),
     Workload("small-hits-10k", small_hits_10k, "hashing", fixed_size=0, notes="10,000 small hits"),
+    Workload("first-hit-helpers", first_hit_helpers, "hashing", fixed_size=0,
+             notes="first hit, new Memory, function calling 20 user helpers"),
+    Workload("hits-helpers-10k", hits_helpers_10k, "hashing", fixed_size=0,
+             notes="10,000 hits of that function"),
 ]

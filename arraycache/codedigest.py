@@ -116,6 +116,13 @@ def _is_user_file(filename: str) -> bool:
 def is_user_code(obj: Any) -> bool:
     """Whether ``obj`` (a function, class or module) belongs to the user's own code."""
     if isinstance(obj, types.FunctionType):
+        # Both its module and its file must be the user's: a library function rebuilt
+        # by value (cloudpickle gives it the file "<dynamic-code>") keeps its module.
+        module = sys.modules.get(getattr(obj, "__module__", None) or "")
+        if module is not None and module.__name__ != "__main__":
+            filename = getattr(module, "__file__", None)
+            if filename is None or not _is_user_file(filename):
+                return False
         return _is_user_file(obj.__code__.co_filename)
     if isinstance(obj, type):
         module = sys.modules.get(getattr(obj, "__module__", None) or "")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import persistence
+from . import display, persistence
 from .codecs import Compression, parse_compress
 from .eviction import enforce_bytes_limit
 from .exceptions import (
@@ -114,8 +114,10 @@ class MemorizedResult:
         LocalStore(self.location).delete(self.entry)
 
     def __repr__(self) -> str:
-        return f"MemorizedResult(location={self.location!r}, func={self.func_name!r}, " \
-               f"args_id={self.args_id!r})"
+        return display.result_repr(self)
+
+    def _repr_html_(self) -> str:
+        return display.result_html(self)
 
 
 class NotMemorizedResult:
@@ -220,7 +222,10 @@ class MemorizedFunc:
         )
 
     def __repr__(self) -> str:
-        return f"MemorizedFunc(func={self.info.name}, location={self.location!r})"
+        return display.func_repr(self)
+
+    def _repr_html_(self) -> str:
+        return display.func_html(self)
 
     @property
     def func_id(self) -> str:
@@ -276,8 +281,9 @@ class MemorizedFunc:
             return None, arguments
         return store.entry_dir(self.info.folder, key), arguments
 
-    def _load(self, entry: Path) -> tuple[Any, dict | None, bool]:
-        """Return (result or _MISS, metadata, damaged)."""
+    def _load(self, entry: Path, is_hit: bool = True) -> tuple[Any, dict | None, bool]:
+        """Return (result or _MISS, metadata, damaged); ``is_hit`` False for the reload
+        right after a store (not counted as a hit)."""
         store = self.store
         try:
             meta = store.read_meta(entry)
@@ -323,7 +329,8 @@ class MemorizedFunc:
                 self._warn_damaged(entry, problems[0])
                 return _MISS, meta, True
             store.mark_checked(entry, meta, boot)
-        store.record("H", entry, _loaded_nbytes(meta), float(meta.get("duration") or 0))
+        if is_hit:
+            store.record("H", entry, _loaded_nbytes(meta), float(meta.get("duration") or 0))
         if self.verbose > 4:
             print(f"[Memory]{_format_duration(time.perf_counter() - t0)}   : "
                   f"Loading {self.info.qualname} from {entry}")
@@ -432,7 +439,7 @@ class MemorizedFunc:
             return output, metadata
         if self.mmap_mode is not None:
             # Like joblib: the first call returns what later hits return (memmaps).
-            stored, _, _ = self._load(entry)
+            stored, _, _ = self._load(entry, is_hit=False)
             if stored is not _MISS:
                 output = stored
         if self.bytes_limit is not None:

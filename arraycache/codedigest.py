@@ -42,7 +42,7 @@ from typing import Any
 
 from . import hashing
 
-__all__ = ["CodeVersion", "code_fingerprint", "is_user_code"]
+__all__ = ["CodeVersion", "code_fingerprint", "is_user_code", "is_user_file"]
 
 #: A walk stops adding functions past this many: a guard against walking a whole
 #: library that happens to be importable from outside site-packages.
@@ -106,7 +106,9 @@ def _installed_prefixes() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_user_file(filename: str) -> bool:
+def is_user_file(filename: str) -> bool:
+    """Whether ``filename`` is the user's own code (not the standard library, installed
+    packages or arraycache)."""
     if filename.startswith("<"):
         # <ipython-input-...>, <string> (exec), <stdin>... but not <frozen importlib...>.
         return not filename.startswith("<frozen")
@@ -121,9 +123,9 @@ def is_user_code(obj: Any) -> bool:
         module = sys.modules.get(getattr(obj, "__module__", None) or "")
         if module is not None and module.__name__ != "__main__":
             filename = getattr(module, "__file__", None)
-            if filename is None or not _is_user_file(filename):
+            if filename is None or not is_user_file(filename):
                 return False
-        return _is_user_file(obj.__code__.co_filename)
+        return is_user_file(obj.__code__.co_filename)
     if isinstance(obj, type):
         module = sys.modules.get(getattr(obj, "__module__", None) or "")
     elif isinstance(obj, types.ModuleType):
@@ -135,7 +137,7 @@ def is_user_code(obj: Any) -> bool:
     if module.__name__ == "__main__":
         return True
     filename = getattr(module, "__file__", None)
-    return filename is not None and _is_user_file(filename)
+    return filename is not None and is_user_file(filename)
 
 
 # --- the walk --------------------------------------------------------------------------------

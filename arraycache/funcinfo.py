@@ -6,13 +6,14 @@ import functools
 import inspect
 import os
 import re
+import sys
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import xxhash
 
-from .codedigest import CodeVersion
+from .codedigest import CodeVersion, is_user_file
 from .exceptions import WrongArgumentsError
 
 __all__ = ["FunctionInfo"]
@@ -34,6 +35,10 @@ def _script_path(func: Callable) -> str | None:
     notebook cell, ``python -c``, stdin or ``exec``."""
     code = getattr(func, "__code__", None)
     filename = getattr(code, "co_filename", "") or ""
+    if filename == _CLOUDPICKLED:
+        # Rebuilt in a worker process, which has lost the file: the script is the one
+        # the process that started the workers runs.
+        return os.environ.get(_MAIN_SCRIPT) or None
     if filename.startswith("<") or _NOTEBOOK_CELL.search(filename):
         return None
     return os.path.realpath(filename)
@@ -41,6 +46,25 @@ def _script_path(func: Callable) -> str | None:
 
 # ipykernel writes each cell to <tmp>/ipykernel_<pid>/<digest of the cell>.py
 _NOTEBOOK_CELL = re.compile(r"[/\\]ipykernel_\d+[/\\][^/\\]+\.py$")
+# cloudpickle sends functions of __main__ by value, with this as their file name.
+_CLOUDPICKLED = "<dynamic-code>"
+_MAIN_SCRIPT = "ARRAYCACHE_MAIN_SCRIPT"
+
+
+def _note_main_script() -> None:
+    """Tell worker processes (which inherit the environment) which script the main
+    process runs: "" for a notebook or an interactive session.  Processes whose
+    ``__main__`` is not the user's (loky and multiprocessing workers, pytest, a Jupyter
+    kernel) keep what they inherited."""
+    main = sys.modules.get("__main__")
+    filename = getattr(main, "__file__", None)
+    if filename is None:  # python -c, a REPL, a notebook (a kernel's __main__ has no file)
+        os.environ[_MAIN_SCRIPT] = ""
+    elif is_user_file(filename) and getattr(main, "__name__", "") == "__main__":
+        os.environ[_MAIN_SCRIPT] = os.path.realpath(filename)
+
+
+_note_main_script()
 
 
 class FunctionInfo:

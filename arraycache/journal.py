@@ -168,8 +168,11 @@ class Summary:
         """
         try:
             db = self._connect(timeout)
+        except sqlite3.OperationalError:
+            raise  # busy or locked by another process: not damage
         except sqlite3.DatabaseError:
-            # Damaged: the entries are the truth, the counts are lost.
+            # Damaged ("file is not a database"): the entries are the truth, the counts
+            # are lost.
             logger.warning("bookkeeping database %s is damaged; starting a new one", self.path)
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(OSError):

@@ -495,3 +495,37 @@ def test_titled_fields_with_metadata_hash() -> None:
     titled = np.dtype({"names": ["a"], "formats": [np.dtype("i1", metadata={"k": 1})],
                        "titles": ["title"]})
     assert ac_hash(np.zeros(2, titled)) != ac_hash(np.ones(2, titled))
+
+
+WRAPPED_IN_WORKER = """
+import arraycache
+
+def load(n):
+    with open({log!r}, "a") as f:
+        f.write("c")
+    return n * 2
+
+def in_worker(n):
+    return arraycache.Memory({cache!r}, verbose=0).cache(load)(n)
+
+if __name__ == "__main__":
+    cached = arraycache.Memory({cache!r}, verbose=0).cache(load)
+    print([cached(n) for n in (1, 2)],
+          arraycache.Parallel(n_jobs=2)(arraycache.delayed(in_worker)(n) for n in (1, 2, 1)))
+"""
+
+
+@pytest.mark.slow
+def test_function_of_a_script_cached_inside_workers_hits_the_callers_entries(tmp_path) -> None:
+    """cloudpickle rebuilds a script's functions in workers without their file name: the
+    workers learn the script from the process that started them."""
+    log = tmp_path / "calls.log"
+    (tmp_path / "wrapped.py").write_text(
+        WRAPPED_IN_WORKER.format(cache=str(tmp_path / "cache"), log=str(log)))
+    out = run_python("import runpy; runpy.run_path('wrapped.py', run_name='__main__')",
+                     tmp_path)
+    assert out.strip() == "[2, 4] [2, 4, 2]"
+    assert log.read_text() == "cc"
+    from tests.conftest import stop_workers_and_check
+
+    stop_workers_and_check()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from . import persistence
+from . import display, persistence
 from .codecs import parse_compress
 from .eviction import evict
 from .journal import FUNCTION_STATS
@@ -90,7 +90,10 @@ class Memory:
         self.trust_foreign_pickles = trust_foreign_pickles
 
     def __repr__(self) -> str:
-        return f"Memory(location={self.location!r})"
+        return display.memory_repr(self)
+
+    def _repr_html_(self) -> str:
+        return display.memory_html(self)
 
     def __reduce__(self) -> tuple:
         return (Memory, (self.location, self.backend, self.mmap_mode, self.compress,

@@ -46,6 +46,7 @@ __all__ = ["main"]
 
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _LEFTOVER_MARKERS = (".tmp-", ".trash-")
+_ARRAY_ARG = re.compile(r"array\(shape=(\([^)]*\)), dtype=([^)]+)\)")
 
 
 class CommandError(Exception):
@@ -193,7 +194,8 @@ def _ls_function(store: LocalStore, fid: str) -> tuple[dict[str, Any], str]:
 
     def short(arguments: dict[str, str]) -> str:
         text = ", ".join(f"{k}={v}" for k, v in arguments.items())
-        return text if len(text) <= 40 else text[:37] + "..."
+        text = _ARRAY_ARG.sub(r"\2\1", text)  # array(shape=(3, 4), dtype=f8) -> f8(3, 4)
+        return text if len(text) <= 50 else text[:47] + "..."
 
     rows = [[e["key"][:12], human_size(e["bytes"]), human_time(e["created"]),
              human_time(e["last_access"]), e["hits"], human_duration(e["compute_time"]),
@@ -338,15 +340,22 @@ def _verify(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         if problems:
             damaged.append({"entry": str(info.path), "function": info.function,
                             "bytes": info.nbytes, "problems": problems})
+    left = len(damaged)
     if args.repair:
         for item in damaged:
-            store.delete(Path(item["entry"]))
+            try:
+                store.delete(Path(item["entry"]))
+                left -= 1
+            except OSError as exc:  # e.g. a read-only location: the entry stays damaged
+                item["problems"].append(f"cannot remove it: {exc}")
     lines = [f"damaged: {d['entry']}: {'; '.join(d['problems'])}" for d in damaged]
-    outcome = "removed (recomputed at their next call)" if args.repair and damaged else ""
-    lines.append(f"checked {_plural(checked, 'entry')}: {len(damaged)} damaged {outcome}".rstrip())
+    outcome = ""
+    if args.repair and damaged:
+        outcome = f", {len(damaged) - left} removed (recomputed at their next call)"
+    lines.append(f"checked {_plural(checked, 'entry')}: {len(damaged)} damaged{outcome}")
     data = {"location": str(store.root), "checked": checked, "damaged": damaged,
-            "repaired": bool(args.repair and damaged)}
-    return data, "\n".join(lines), 1 if damaged and not args.repair else 0
+            "repaired": bool(damaged) and left == 0}
+    return data, "\n".join(lines), 1 if left else 0
 
 
 # --- commands that change the cache ----------------------------------------------------------
@@ -454,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"arraycache {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. clear or prune on a read-only location
+        print(f"arraycache {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     data, text, status = result if len(result) == 3 else (*result, 0)
     try:
         print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)

@@ -154,6 +154,17 @@ def test_ls_of_one_function_lists_its_entries(location, cache):
     assert [line.split()[-1] for line in out[2:]] == ["x=2", "x=1", "x=3"]
 
 
+def scale(images, factor=2):
+    return images * factor
+
+
+def test_ls_shows_array_arguments_by_dtype_and_shape(location, memory):
+    memory.cache(scale)(np.ones((4, 3), dtype=np.float32))
+    rows = run("ls", location, "scale").stdout.splitlines()[2:]
+    assert [r.split("  ")[-1] for r in rows] == ["images=float32(4, 3), factor=2"]
+    close_journals()
+
+
 def test_ls_names_an_unknown_or_ambiguous_function(tmp_path, location, cache):
     memory, sq, _ = cache
     unknown = run("ls", location, "nope", status=2)

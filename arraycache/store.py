@@ -245,9 +245,10 @@ class LocalStore:
 
     def record(self, kind: str, entry: Path, nbytes: int = 0, seconds: float = 0.0) -> None:
         """Journal an event of ``entry``: 'H' hit, 'M' miss, 'S' store, 'D' delete."""
+        # String slicing, not pathlib: this runs on every hit.
+        relative = os.fspath(entry).rsplit(os.sep, 3)[-3:]
         journal_for(self.root).record(
-            kind, self.relative(entry), f"{entry.parent.parent.name}/{entry.parent.name}",
-            nbytes, seconds,
+            kind, "/".join(relative), f"{relative[0]}/{relative[1]}", nbytes, seconds
         )
 
     @property

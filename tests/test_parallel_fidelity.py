@@ -4,6 +4,7 @@ reference where the two can be run side by side)."""
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import subprocess
@@ -518,6 +519,8 @@ def test_backend_parameter_error_is_a_value_error_and_loky_takes_the_limit():
 
 
 def run_nested(lib, backend):
+    if isinstance(lib, str):  # a module does not pickle with plain pickle
+        lib = importlib.import_module(lib)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pids = lib.Parallel(n_jobs=2, backend=backend)(
@@ -558,6 +561,21 @@ def test_no_warning_outside_tasks_and_for_loky_below_loky():
         delayed(run_nested)(arraycache, "multiprocessing") for _ in range(1)
     )
     assert messages == ["Multiprocessing-backed parallel loops cannot be nested, setting n_jobs=1"]
+
+
+@pytest.mark.parametrize("inner", ["loky", "multiprocessing"])
+def test_process_backend_in_a_multiprocessing_worker_runs_inline_with_a_warning(inner):
+    (messages, pids), = Parallel(2, backend="multiprocessing")(
+        delayed(run_nested)("arraycache", inner) for _ in range(1)
+    )
+    (theirs, _), = joblib.Parallel(2, backend="multiprocessing")(
+        joblib.delayed(run_nested)("joblib", inner) for _ in range(1)
+    )
+    assert len(pids) == 1 and os.getpid() not in pids  # inline, in the worker
+    assert len(messages) == len(theirs) == 1
+    assert messages[0].startswith(f"{inner.title()}-backed parallel loops cannot be")
+    if inner == "loky":
+        assert messages == theirs
 
 
 # --- dispatch --------------------------------------------------------------------------------
@@ -644,8 +662,7 @@ def test_sharedmem_replacing_a_configured_backend_is_said_at_verbose_10(lib, cap
     with lib.parallel_config("loky", n_jobs=2):
         lib.Parallel(require="sharedmem", verbose=10)
         lib.Parallel(require="sharedmem", verbose=9)
-    out, err = capsys.readouterr()
-    assert out == (
+    assert capsys.readouterr().out == (
         "Using ThreadingBackend as joblib backend instead of LokyBackend as the latter does "
         "not provide shared memory semantics.\n"
     )

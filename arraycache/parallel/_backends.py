@@ -228,9 +228,21 @@ class ThreadingBackend(ParallelBackend):
             self._pool = None
 
 
+# Set in the worker processes of MultiprocessingBackend (by _start_worker).
+_in_multiprocessing_worker = False
+
+
 def _nested_process_pool(kind: str, n_jobs: int) -> int:
     """Workers for ``n_jobs``: 1, with joblib's warning, where a process pool must not start."""
     if n_jobs != 1:
+        if kind == "Loky" and _in_multiprocessing_worker:
+            # As joblib (whose multiprocessing workers cannot have children).
+            warnings.warn(
+                "Loky-backed parallel loops cannot be called in a multiprocessing, "
+                "setting n_jobs=1",
+                stacklevel=4,
+            )
+            return 1
         if in_worker_thread():
             # Forking from a thread that is not the main one can deadlock the child.
             warnings.warn(
@@ -331,6 +343,8 @@ class LokyBackend(ParallelBackend):
 
 def _start_worker(initializer: Callable[..., Any] | None, initargs: tuple) -> None:
     """First thing in a multiprocessing worker: drop what a fork copied, run the initializer."""
+    global _in_multiprocessing_worker
+    _in_multiprocessing_worker = True
     # A forked worker starts with the caller's thread state: its parallel_config blocks
     # and nesting limit belong to the caller, not to the tasks.
     reset_thread_state()

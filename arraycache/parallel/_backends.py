@@ -192,8 +192,14 @@ class ThreadingBackend(ParallelBackend):
     name = "ThreadingBackend"
     reports_running = True
 
-    def __init__(self, initializer: Callable[..., Any] | None = None, initargs: tuple = ()):
-        super().__init__()
+    def __init__(
+        self,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple = (),
+        **kwargs: Any,
+    ) -> None:
+        # Other keyword arguments are kept and unused, as joblib's thread backend does.
+        super().__init__(**kwargs)
         self.initializer = initializer
         self.initargs = tuple(initargs)
         self._pool: cf.ThreadPoolExecutor | None = None

@@ -80,10 +80,11 @@ class Parallel:
         every batch above 10.
     timeout : float, optional
         Seconds a batch of tasks may run in a worker, counted from when a worker
-        starts it (not while it waits in a queue); past it, the call is aborted and
-        :class:`ParallelTimeoutError` is raised (both ``except TimeoutError`` and
-        ``except multiprocessing.TimeoutError`` catch it).  Not applied when tasks
-        run inline (``n_jobs=1``): a warning says so.
+        picks it up (not while it waits in a queue, nor while a new worker starts;
+        unpickling it, with the imports that takes, counts); past it, the call is
+        aborted and :class:`ParallelTimeoutError` is raised (both ``except
+        TimeoutError`` and ``except multiprocessing.TimeoutError`` catch it).  Not
+        applied when tasks run inline (``n_jobs=1``): a warning says so.
     pre_dispatch : int or str, default '2 * n_jobs'
         Batches sent ahead of completions, as a number, an expression of ``n_jobs``
         or ``'all'``; bounds how much of a lazy iterable is consumed ahead (with
@@ -130,13 +131,20 @@ class Parallel:
 
     Notes
     -----
-    Used as a context manager, the workers (threads, or loky's processes) are kept
-    for every call made inside the ``with`` block.  Arrays written for a call stay in
-    a private folder of this process (``arraycache-<pid>-<random>``, mode 0700) as
-    long as the array they come from lives, so a later call with the same array does
-    not write it again; large results live as long as the returned arrays.  An
-    exception raised by a task is re-raised with its type; when it happened in a
-    worker process, the worker's traceback is attached as a note.
+    Used as a context manager, the workers (threads, a multiprocessing pool, or
+    loky's processes) are kept for every call made inside the ``with`` block; else
+    threads and multiprocessing pools last one call, and loky's reusable workers
+    stay for the next one.  With ``return_as='generator'`` the workers start on the
+    tasks when the call is made, as in joblib.  A call that ends early (error,
+    interrupt, generator closed or collected) kills its loky workers to stop running
+    tasks, unless another call is running on them (then its tasks finish unseen).
+
+    Arrays written for a call stay in a private folder of this process
+    (``arraycache-<pid>-<random>``, mode 0700) as long as the array they come from
+    lives, so a later call with the same array does not write it again; large results
+    live as long as the returned arrays.  An exception raised by a task is re-raised
+    with its type; when it happened in a worker process, the worker's traceback is
+    attached as a note.
 
     Examples
     --------

@@ -5,10 +5,11 @@ Modules, one job each: ``_config`` (parallel_config, backend registry, CPU count
 ``_joblib_backends`` (backends written for joblib, through an adapter), ``_resolve``
 (from a backend name, instance or context to a backend), ``_batching`` (delayed, batch
 sizes), ``_dispatch`` (one call: dispatch, collection, errors, cleanup), ``_timing``
-(when a batch starts running, for timeouts),
-``_pickling`` (task/result pickling, the worker entry point), ``_sharing`` (arrays as
-file references), ``_folders`` (private sharing folders and their lifetime),
-``_progress`` (verbose messages), ``_parallel`` (the ``Parallel`` class).
+(when a batch starts running, for timeouts), ``_loky`` (loky, imported without taking
+joblib's copy's start method), ``_pickling`` (task/result pickling, the worker entry
+point), ``_sharing`` (arrays as file references), ``_folders`` (private sharing folders
+and their lifetime), ``_progress`` (verbose messages), ``_parallel`` (the ``Parallel``
+class).
 """
 
 from __future__ import annotations

@@ -4,12 +4,13 @@ An entry folder is a zarr group.  Each ndarray of the result becomes a zarr arra
 ``a0``, ``a1``...  The rest of the result (the *skeleton*) is stored as:
 
 - ``"array"``: the result is one array, nothing else to store;
-- ``"json"``: plain containers, numbers, strings and numpy scalars, written as
-  tagged JSON into the group attributes (see plainjson.py), so loading it never
-  unpickles;
+- ``"json"``: plain containers, numbers, strings, numpy scalars and pandas frames,
+  written as tagged JSON into the group attributes (see plainjson.py; a frame's
+  columns are arrays of the entry, see frames.py), so loading it never unpickles;
 - ``"pickle"``: anything else, pickled with each array replaced by a persistent
   reference, and the pickle bytes kept as the uint8 zarr array ``skeleton`` (so
-  the entry holds nothing but zarr nodes and ``zarr.open_group`` lists it cleanly).
+  the entry holds nothing but zarr nodes and ``zarr.open_group`` lists it cleanly);
+  a frame inside it is a persistent reference too, stored as in a JSON skeleton.
 
 Uncompressed arrays are one zarr shard covering the whole array, written by us in
 the array's memory order (a transpose codec records F order), with inner chunks
@@ -54,6 +55,7 @@ from .plainjson import (
     dtype_metadata_to_json,
     dtype_to_json,
     dtype_with_metadata,
+    frame_types,
     storable,
 )
 
@@ -432,11 +434,15 @@ def _from_raw(dtype: np.dtype, shape: tuple, order: str, raw: bytes) -> np.ndarr
 
 
 class _ArrayPickler(pickle.Pickler):
-    def __init__(self, file: io.BufferedWriter, store_array: Any) -> None:
+    def __init__(self, file: io.BufferedWriter, store_array: Any, frames: Any = None) -> None:
         super().__init__(file, protocol=5)
         self.store_array = store_array
         # id of an array pickled as bytes -> (the array, kept alive; its reference)
         self.raw: dict[int, tuple[np.ndarray, tuple]] = {}
+        self.frames = frames
+        self.frame_types = frames.types if frames is not None else ()
+        # id of a frame -> (the frame, kept alive; its reference, None if pickled)
+        self.frame_refs: dict[int, tuple[Any, tuple | None]] = {}
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
@@ -462,6 +468,16 @@ class _ArrayPickler(pickle.Pickler):
             code = dtype_code(obj)
             if code != obj.str:
                 return ("dtype", code, None if obj.metadata is None else dict(obj.metadata))
+        elif type(obj) in self.frame_types:
+            # One reference object per frame: pickle's memo then keeps a shared frame shared.
+            known = self.frame_refs.get(id(obj))
+            if known is None:
+                try:
+                    ref = ("frame", self.frames.encode(obj, self.store_array))
+                except NotPlain:
+                    ref = None  # pickled as pandas pickles it, its arrays as references
+                known = self.frame_refs[id(obj)] = (obj, ref)
+            return known[1]
         return None
 
 
@@ -480,6 +496,13 @@ class _ArrayUnpickler(pickle.Unpickler):
                 known = self.raw.get(id(pid))
                 if known is None:
                     known = self.raw[id(pid)] = (pid, _from_raw(*pid[1:]))
+                return known[1]
+            if len(pid) == 2 and pid[0] == "frame":
+                known = self.raw.get(id(pid))
+                if known is None:
+                    from .frames import decode
+
+                    known = self.raw[id(pid)] = (pid, decode(pid[1], self.arrays))
                 return known[1]
         try:
             return self.arrays[pid]
@@ -518,16 +541,21 @@ def dump(result: Any, entry_dir: Path, compression: Compression | None) -> dict[
         store_array(result)
         meta["skeleton"] = "array"
         return meta
+    frames = None
+    if frame_types():  # pandas is imported: the result may hold frames
+        from .frames import FrameWriter
+
+        frames = FrameWriter()
     try:
-        TreeWriter(lambda arr: "").encode(result)  # a dry run: writes nothing
+        TreeWriter(lambda arr: "", frames).encode(result)  # a dry run: writes nothing
     except (NotPlain, RecursionError):
         pass
     else:
-        meta["tree"] = TreeWriter(store_array).encode(result)
+        meta["tree"] = TreeWriter(store_array, frames).encode(result)
         meta["skeleton"] = "json"
         return meta
     buffer = io.BytesIO()
-    _ArrayPickler(buffer, store_array).dump(result)
+    _ArrayPickler(buffer, store_array, frames).dump(result)
     skeleton = np.frombuffer(buffer.getbuffer(), dtype=np.uint8)
     meta["skeleton"] = "pickle"
     meta["pickle"] = write_array(entry_dir, _SKELETON, skeleton, None)

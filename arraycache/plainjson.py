@@ -1,8 +1,9 @@
 """Plain values and dtypes as JSON that gives them back exactly.
 
-A result made only of None, bool, int, float, str, lists, tuples, dicts, numpy scalars
-and arrays is stored as tagged JSON in the entry's attributes (see persistence.py), so
-loading it never unpickles: a container is ``[tag, ...]`` and a JSON scalar is itself.
+A result made only of None, bool, int, float, str, lists, tuples, dicts, numpy scalars,
+arrays and pandas frames (described by frames.py) is stored as tagged JSON in the entry's
+attributes (see persistence.py), so loading it never unpickles: a container is
+``[tag, ...]`` and a JSON scalar is itself.
 Whatever JSON would not give back exactly (type, bits, identity) is refused with
 :class:`NotPlain`, and the caller pickles the result instead.
 """
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "NotPlain", "TreeWriter", "decode_tree", "dtype_code", "dtype_from_json",
-    "dtype_metadata_to_json", "dtype_to_json", "dtype_with_metadata", "storable",
+    "dtype_metadata_to_json", "dtype_to_json", "dtype_with_metadata", "frame_types", "storable",
 ]
 
 
@@ -147,6 +149,16 @@ def storable(arr: Any) -> bool:
     return True
 
 
+def frame_types() -> tuple[type, ...]:
+    """pandas' DataFrame and Series, or () when pandas is not imported (then no result holds
+    one, and nothing here imports it)."""
+    module = sys.modules.get("pandas")
+    try:
+        return (module.DataFrame, module.Series) if module is not None else ()
+    except AttributeError:  # pandas half imported
+        return ()
+
+
 # --- plain results ---------------------------------------------------------------------------
 
 _PLAIN_SCALARS = (type(None), bool, int, float, str)
@@ -160,12 +172,14 @@ class TreeWriter:
 
     Anything JSON would not give back exactly raises :class:`NotPlain` (the result is
     then pickled): subclasses of plain types, numpy scalars whose type a dtype string
-    does not name, and a list or dict that appears twice (or inside itself), whose
-    identity pickle keeps and JSON would split into copies.
+    does not name, and a list, dict or frame that appears twice (or inside itself),
+    whose identity pickle keeps and JSON would split into copies.  pandas DataFrames
+    and Series are written by ``frames`` (a ``frames.FrameWriter``), when given.
     """
 
-    def __init__(self, store_array: Any) -> None:
+    def __init__(self, store_array: Any, frames: Any = None) -> None:
         self.store_array = store_array
+        self.frames = frames
         self.containers: set[int] = set()
 
     def encode(self, obj: Any) -> Any:
@@ -198,6 +212,11 @@ class TreeWriter:
             return ["a", self.store_array(obj)]
         if isinstance(obj, np.generic):
             return _encode_numpy_scalar(obj)
+        if self.frames is not None and kind in self.frames.types:
+            if id(obj) in self.containers:
+                raise NotPlain
+            self.containers.add(id(obj))
+            return ["P", self.frames.encode(obj, self.store_array)]
         raise NotPlain
 
 
@@ -244,4 +263,8 @@ def decode_tree(node: Any, arrays: dict[str, np.ndarray]) -> Any:
         return np.str_(rest[0])
     if tag == "b":
         return np.bytes_(bytes.fromhex(rest[0]))
+    if tag == "P":
+        from .frames import decode  # imports pandas: only for entries that hold a frame
+
+        return decode(rest[0], arrays)
     raise ValueError(f"unknown skeleton tag {tag!r}")

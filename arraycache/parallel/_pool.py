@@ -194,7 +194,7 @@ class Copy:
     """Owner keys (see ``_Pool._owners``) whose current copy this is."""
 
 
-def _extent(arr: np.ndarray) -> tuple[int, int]:
+def byte_extent(arr: np.ndarray) -> tuple[int, int]:
     """(lowest, highest + 1) address ``arr`` touches."""
     low = high = arr.__array_interface__["data"][0]
     for n, stride in zip(arr.shape, arr.strides, strict=True):
@@ -212,7 +212,7 @@ def owner_of(arr: np.ndarray) -> np.ndarray | None:
         owner = owner.base
     if owner is arr:
         return owner
-    if arr.nbytes == owner.nbytes and _extent(arr) == _extent(owner):
+    if arr.nbytes == owner.nbytes and byte_extent(arr) == byte_extent(owner):
         return owner
     return None
 

@@ -38,6 +38,7 @@ from ._pool import (
     POOL,
     Copy,
     SharingWriteError,
+    byte_extent,
     check_limit,
     get_max_shared_bytes,
     write_first,
@@ -110,13 +111,9 @@ def _address(arr: np.ndarray) -> int:
 
 def _extent(arr: np.ndarray) -> tuple[int, int]:
     """(lowest, highest + 1) byte touched by ``arr``, relative to its first element."""
-    low = high = 0
-    for n, stride in zip(arr.shape, arr.strides, strict=True):
-        if stride < 0:
-            low += stride * (n - 1)
-        else:
-            high += stride * (n - 1)
-    return low, high + arr.itemsize
+    first = arr.__array_interface__["data"][0]
+    low, high = byte_extent(arr)
+    return low - first, high - first
 
 
 def file_backing(arr: np.ndarray) -> tuple[str, int, str] | None:

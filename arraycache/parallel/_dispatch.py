@@ -292,39 +292,38 @@ class CallRun:
             self._sizer.record(n, duration)
         return results
 
-    def results(self) -> Iterator[tuple[int, Any]]:
-        """Run the call; yield ``(task index, result)`` in order, or as completed."""
-        with self.backend.retrieval_context():
-            yield from self._results()
-
     def start(self) -> None:
         """Send the first batches now (``Parallel`` does, before returning a generator)."""
         if not self._started:
             self._started = True
             self._fill()
 
-    def _results(self) -> Iterator[tuple[int, Any]]:
+    def results(self) -> Iterator[tuple[int, Any]]:
+        """Run the call; yield ``(task index, result)`` in order, or as completed."""
         next_index = 0
-        self.start()
-        while self._inflight:
-            done = self._wait()
-            for future in sorted(done, key=lambda f: self._inflight[f][0]):
-                first, n, _ = self._inflight.pop(future)
-                values = self._outcome(future, first, n)
-                self.n_completed += len(values)
-                self._promote_waiting()
-                if self.ordered:
-                    self._done[first] = values
-                else:
+        with self.backend.retrieval_context():
+            self.start()
+            while self._inflight:
+                done = self._wait()
+                for future in sorted(done, key=lambda f: self._inflight[f][0]):
+                    first, n, _ = self._inflight.pop(future)
+                    values = self._outcome(future, first, n)
+                    self.n_completed += len(values)
+                    self._promote_waiting()
+                    if self.ordered:
+                        self._done[first] = values
+                    else:
+                        for i, value in enumerate(values):
+                            yield first + i, value
+                self._fill()
+                self.progress.batch_done(
+                    self.n_completed, self.n_dispatched, self.all_dispatched
+                )
+                while next_index in self._done:
+                    values = self._done.pop(next_index)
                     for i, value in enumerate(values):
-                        yield first + i, value
-            self._fill()
-            self.progress.batch_done(self.n_completed, self.n_dispatched, self.all_dispatched)
-            while next_index in self._done:
-                values = self._done.pop(next_index)
-                for i, value in enumerate(values):
-                    yield next_index + i, value
-                next_index += len(values)
+                        yield next_index + i, value
+                    next_index += len(values)
         self.progress.finished(self.n_completed)
 
     def _promote_waiting(self) -> None:

@@ -21,6 +21,9 @@ from .memorized import MemorizedFunc, MemorizedResult, NotMemorizedFunc
 from .memory import Memory, expires_after
 from .parallel import (
     Parallel,
+    ParallelTimeoutError,
+    SharedFileChangedError,
+    SharingFallbackWarning,
     cpu_count,
     delayed,
     effective_n_jobs,
@@ -40,6 +43,9 @@ __all__ = [
     "Memory",
     "NotMemorizedFunc",
     "Parallel",
+    "ParallelTimeoutError",
+    "SharedFileChangedError",
+    "SharingFallbackWarning",
     "UnhashableArgumentError",
     "UnstorableResultWarning",
     "UntrustedEntryWarning",

@@ -246,7 +246,7 @@ def test_backend_registered_with_joblib_is_found_by_name():
 )
 @pytest.mark.parametrize("context", [parallel_config, parallel_backend])
 def test_dask_backend_without_distributed_says_what_to_install(context):
-    with pytest.raises(ValueError, match=r"pip install 'dask\[distributed\]'"):
+    with pytest.raises(ValueError, match=r"pip install 'arraycache\[dask\]'"):
         context("dask")
     with pytest.raises(ValueError, match="Please install dask"):
         Parallel(backend="dask")

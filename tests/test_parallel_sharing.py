@@ -350,3 +350,19 @@ def test_workers_hash_shared_read_only_arrays_in_constant_time(tmp_path):
         assert stored == arraycache.hash(arr) == by_content
     views = Parallel(n_jobs=2)(delayed(digest_seen_by_worker)(a) for a in (cached[1:],))
     assert views[0][0] is None  # a partial view is hashed by content, as in the caller
+
+
+def test_parallel_config_bounds_the_copies_kept_between_calls(no_leftover_workers) -> None:
+    from arraycache import Parallel, delayed, parallel_config
+
+    big = np.random.default_rng(0).random(1 << 18)  # 2 MiB, above max_nbytes
+    with parallel_config(max_shared_bytes=0):
+        Parallel(n_jobs=2, max_nbytes="1M")(delayed(np.sum)(big) for _ in range(2))
+        assert shared_files() == []  # nothing kept after the call, as joblib
+    with parallel_config(max_shared_bytes="64M"):
+        Parallel(n_jobs=2, max_nbytes="1M")(delayed(np.sum)(big) for _ in range(2))
+        assert len(shared_files()) == 1  # kept for the next call
+    with pytest.raises(ValueError, match="max_shared_bytes"):
+        parallel_config(max_shared_bytes=-1)
+    del big
+    assert shared_files() == []

@@ -37,7 +37,7 @@ from ._errors import (
     WorkerDiedError,
 )
 from ._parallel import Parallel
-from ._sharing import register_mapped_file
+from ._sharing import SharedFileChangedError, SharingFallbackWarning, register_mapped_file
 
 __all__ = [
     "BackendParameterError",
@@ -48,6 +48,8 @@ __all__ = [
     "ParallelTimeoutError",
     "RemoteTaskError",
     "SequentialBackend",
+    "SharedFileChangedError",
+    "SharingFallbackWarning",
     "TaskPicklingError",
     "ThreadingBackend",
     "WorkerDiedError",

@@ -182,6 +182,13 @@ class parallel_config:
         Defaults for the same-named :class:`Parallel` parameters.  A parameter left
         out keeps the value of an enclosing block; one given, even ``None``, replaces
         it (``n_jobs=None`` goes back to the default, 1).
+    max_shared_bytes : int, str or None, default 'auto'
+        Bound on the copies of in-memory arrays that ``Parallel`` keeps (in /dev/shm
+        or the temp folder) so that a later call passing the same array does not write
+        it again: ``'auto'`` is a quarter of the available memory, a size (``'2G'``)
+        or a number of bytes sets it, ``0`` keeps nothing after a call (as joblib),
+        None removes the bound.  Least recently used copies go first.  Not a
+        ``Parallel`` parameter: a setting for a block of calls.
     inner_max_num_threads : int, optional
         Threads allowed to BLAS/OpenMP in each worker process (default:
         ``cpu_count() // n_jobs``); only with a backend that supports it ('loky').
@@ -220,6 +227,7 @@ class parallel_config:
         mmap_mode: str | None = UNSET,
         prefer: str | None = UNSET,
         require: str | None = UNSET,
+        max_shared_bytes: int | str | None = UNSET,
         inner_max_num_threads: int | None = None,
         **backend_params: Any,
     ) -> None:
@@ -236,9 +244,12 @@ class parallel_config:
                 ("mmap_mode", mmap_mode),
                 ("prefer", prefer),
                 ("require", require),
+                ("max_shared_bytes", max_shared_bytes),
             )
             if value is not UNSET
         }
+        if "max_shared_bytes" in layer:
+            layer["max_shared_bytes"] = _shared_bytes(layer["max_shared_bytes"])
         if backend is not None:
             layer["backend"], layer["backend_kwargs"] = check_backend_spec(
                 backend, inner_max_num_threads, backend_params
@@ -319,3 +330,14 @@ def register_parallel_backend(
 def default_backend_name() -> str:
     """Name of the backend used when none is configured."""
     return _DEFAULT_BACKEND[0]
+
+
+def _shared_bytes(value: Any) -> Any:
+    """'auto', None, or a number of bytes, from a number or a size string like '2G'."""
+    from ._pool import check_limit
+
+    if isinstance(value, str) and value != "auto":
+        from ..memory import parse_bytes
+
+        value = parse_bytes(value)
+    return check_limit(value)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._backends import ParallelBackend
-from ._config import cpu_count, nesting_limit
+from ._config import UNSET, cpu_count, nesting_limit
 from ._errors import ParallelTimeoutError, WorkerDiedError
 from ._folders import FOLDERS, call_folder_name, make_private_dir, pick_root, shm_root
 from ._loky import ShutdownExecutorError
@@ -94,6 +94,7 @@ class CallRun:
         mmap_mode: str | None,
         temp_folder: str | None,
         progress: Progress,
+        max_shared_bytes: Any = UNSET,
         stop_backend: bool,
     ) -> None:
         self.backend = backend
@@ -127,7 +128,8 @@ class CallRun:
         self._spec: ResultSpec | None = None
         self._call_folders: list[str] = []
         if backend.uses_processes:
-            self._sharing = CallSharing(max_nbytes, mmap_mode, temp_folder)
+            bound = {} if max_shared_bytes is UNSET else {"max_shared_bytes": max_shared_bytes}
+            self._sharing = CallSharing(max_nbytes, mmap_mode, temp_folder, **bound)
             name = call_folder_name()
             roots = [pick_root(0, temp_folder)]
             if temp_folder is None:

@@ -72,7 +72,7 @@ def dask_backend_factory() -> Callable[..., Any]:
         raise ValueError(
             "backend 'dask' runs tasks on a dask.distributed cluster, and dask.distributed is "
             "not installed. Please install dask and distributed: "
-            "pip install 'dask[distributed]'"
+            "pip install 'arraycache[dask]'"
         )
     try:
         from joblib._dask import DaskDistributedBackend

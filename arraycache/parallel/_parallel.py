@@ -192,6 +192,9 @@ class Parallel:
         self.batch_size = batch_size
         self.temp_folder = pick(temp_folder, "temp_folder")
         self.max_nbytes = _to_bytes(pick(max_nbytes, "max_nbytes"))
+        # A parallel_config setting only (not a joblib parameter); unset: the process-wide
+        # bound of _pool.set_max_shared_bytes.
+        self._max_shared_bytes = config.get("max_shared_bytes", _UNSET)
         self.mmap_mode = pick(mmap_mode, "mmap_mode")
         if self.mmap_mode not in ("r", "c", "r+", "w+", None):
             raise ValueError(f"mmap_mode must be 'r', 'c', 'r+', 'w+' or None, not {mmap_mode!r}")
@@ -341,6 +344,7 @@ class Parallel:
                 timeout=self.timeout,
                 ordered=self.return_as != "generator_unordered",
                 max_nbytes=self.max_nbytes,
+                max_shared_bytes=self._max_shared_bytes,
                 mmap_mode=self.mmap_mode,
                 temp_folder=self.temp_folder,
                 progress=progress,

@@ -3,9 +3,10 @@
 Exactly means: the same types (down to np.longlong vs np.int64 and int subclasses),
 dtypes with their metadata, shapes, every byte of every array item (NaN payloads and
 record padding included), Python floats bit for bit, F-ordered arrays still F-ordered,
-and shared mutable objects (lists, dicts, arrays, instances) still shared, and only where
-they were.  Each generated result goes through a real ``Memory(...).cache``'d function:
-the first call stores it, the second is the hit being checked.
+shared mutable objects (lists, dicts, arrays, instances, pandas frames) still shared,
+and only where they were, and pandas frames with their dtypes, index, labels and values.
+Each generated result goes through a real ``Memory(...).cache``'d function: the first
+call stores it, the second is the hit being checked.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import os
 from fractions import Fraction
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import arraycache
 from arraycache import persistence
+
+from .frame_strategies import assert_same_frame, frames
 
 #: Examples per mode; raise it for a deeper search (ARRAYCACHE_PROPERTY_EXAMPLES=2000).
 EXAMPLES = int(os.environ.get("ARRAYCACHE_PROPERTY_EXAMPLES", "25"))
@@ -154,8 +158,8 @@ pickle_only = st.one_of(
 )
 # one_of flattens nested one_ofs and weighs every branch alike: pick the kind first.
 _LEAF_KINDS = {"plain": plain_scalars, "numpy": numpy_scalars(), "array": arrays(),
-               "pickle": pickle_only}
-leaves = st.sampled_from(["plain", "numpy", "array", "array", "pickle"]).flatmap(
+               "pickle": pickle_only, "frame": frames(max_rows=12)}
+leaves = st.sampled_from(["plain", "numpy", "array", "array", "pickle", "frame"]).flatmap(
     _LEAF_KINDS.__getitem__
 )
 keys = st.one_of(
@@ -176,7 +180,7 @@ def _trees(children: st.SearchStrategy) -> st.SearchStrategy:
 
 def _shareable(obj: object, found: list) -> None:
     """Collect the mutable objects of ``obj`` (each once), depth first."""
-    if isinstance(obj, list | dict | np.ndarray | Box):
+    if isinstance(obj, list | dict | np.ndarray | Box | pd.DataFrame | pd.Series):
         if any(obj is f for f in found):
             return
         found.append(obj)
@@ -252,6 +256,10 @@ class Checker:
     def check(self, got: object, expected: object, path: str = "result") -> None:
         if isinstance(expected, np.ndarray):
             self.array(got, expected, path)
+            return
+        if isinstance(expected, pd.DataFrame | pd.Series):
+            if not self.shared(got, expected, path):
+                assert_same_frame(got, expected)
             return
         assert type(got) is type(expected), f"{path}: {type(got)} is not {type(expected)}"
         if isinstance(expected, float):

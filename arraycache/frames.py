@@ -248,16 +248,18 @@ def _objects(values: np.ndarray) -> dict[str, Any]:
     """An object ndarray: strings and missing values, else a few plain items as JSON."""
     flat = values.reshape(-1)
     try:
-        data, separator, nulls = strings.encode(flat)
+        encoded = strings.encode(flat)
     except NotPlain:
         if flat.size > JSON_ITEMS:
             raise
         return {"kind": "items", "shape": list(values.shape),
                 "items": TreeWriter(no_arrays).encode(flat.tolist())}
-    spec = {"kind": "strings", "shape": list(values.shape), "data": _Part(data),
-            "separator": separator}
-    if nulls is not None:
-        spec["nulls"] = _Part(nulls)
+    spec = {"kind": "strings", "shape": list(values.shape), "data": _Part(encoded.data),
+            "separator": encoded.separator, "count": encoded.count}
+    if encoded.nulls is not None:
+        spec["nulls"] = _Part(encoded.nulls)
+    if encoded.codes is not None:
+        spec["codes"] = _Part(encoded.codes)
     return spec
 
 
@@ -403,9 +405,12 @@ def _values_from(spec: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         return _array(spec["data"], arrays)
     if kind == "strings":
         shape = tuple(spec["shape"])
-        flat = strings.decode(_array(spec["data"], arrays), spec["separator"],
-                              _array(spec["nulls"], arrays) if "nulls" in spec else None,
-                              math.prod(shape))
+        flat = strings.decode(
+            _array(spec["data"], arrays), spec["separator"],
+            _array(spec["nulls"], arrays) if "nulls" in spec else None,
+            _array(spec["codes"], arrays) if "codes" in spec else None,
+            math.prod(shape), spec["count"],
+        )
         return flat.reshape(shape)
     if kind == "items":
         items = decode_tree(spec["items"], {})

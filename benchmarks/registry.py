@@ -6,8 +6,9 @@ from .common import Workload
 
 
 def workloads() -> dict[str, Workload]:
-    """Name -> Workload: references first, then storage, hashing, parallel."""
-    from . import hashing, parallel, reference, storage
+    """Name -> Workload: references first, then storage (arrays, frames), hashing, parallel."""
+    from . import frames, hashing, parallel, reference, storage
 
-    ordered = [*reference.WORKLOADS, *storage.WORKLOADS, *hashing.WORKLOADS, *parallel.WORKLOADS]
+    ordered = [*reference.WORKLOADS, *storage.WORKLOADS, *frames.WORKLOADS, *hashing.WORKLOADS,
+               *parallel.WORKLOADS]
     return {w.name: w for w in ordered}

@@ -269,6 +269,60 @@ def test_unsupported_frames_fall_back_to_the_pickle(location):
     assert sorted(m["skeleton"] for m in entry_meta(location)) == ["pickle"] * len(results)
 
 
+def _string_specs(node: object) -> list[dict]:
+    """Every strings part of an entry's JSON tree."""
+    if isinstance(node, dict):
+        found = [node] if node.get("kind") == "strings" else []
+        return found + [s for value in node.values() for s in _string_specs(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _string_specs(value)]
+    return []
+
+
+@pytest.mark.parametrize("mmap_mode", [None, "r"])
+def test_repeated_strings_are_stored_once_with_codes(location, mmap_mode):
+    n = 30_000
+    words = np.array(["alpha", "beta", "γάμμα", "\x00", ""], dtype=object)
+    repeated = words[np.arange(n) % 5].copy()
+    repeated[7::13] = None
+    results = {
+        "repeated": pd.DataFrame({"w": repeated}),
+        "repeated-str-dtype": pd.Series(pd.array(repeated, dtype="str")),
+        "unique": pd.Series(np.array([f"u{i}" for i in range(n)], dtype=object)),
+    }
+    produce, _ = cached(location, results, mmap_mode)
+    for key in results:
+        produce(key)
+    for key, expected in results.items():
+        assert_same_frame(produce(key), expected)
+    specs = {m["args"]["key"].strip("'"): [s for s in _string_specs(m["tree"])
+                                            if np.prod(s["shape"]) == n]
+             for m in entry_meta(location)}  # the column's, not its label's
+    assert [("codes" in s, s["count"]) for s in specs["repeated"]] == [(True, 5)]
+    assert [("codes" in s, s["count"]) for s in specs["repeated-str-dtype"]] == [(True, 5)]
+    assert [("codes" in s, s["count"]) for s in specs["unique"]] == [(False, n)]
+
+
+def test_strings_holding_the_separators_round_trip(location):
+    controls = "".join(chr(c) for c in range(0x20))
+    every_candidate = controls + "\x7f\uffff\ufffe\ufdd0"
+    results = {
+        "controls": pd.Series([controls + str(i) for i in range(3000)], dtype=object),
+        "every-separator": pd.Series([every_candidate + str(i) for i in range(3000)],
+                                     dtype=object),
+    }
+    produce, _ = cached(location, results)
+    for key in results:
+        produce(key)
+    for key, expected in results.items():
+        assert_same_frame(produce(key), expected)
+    kinds = {m["args"]["key"].strip("'"): m["skeleton"] for m in entry_meta(location)}
+    assert kinds == {"controls": "json", "every-separator": "pickle"}
+    (spec,) = [s for m in entry_meta(location) if m["skeleton"] == "json"
+               for s in _string_specs(m["tree"])]
+    assert spec["separator"] == "\x7f"
+
+
 # --- keys, imports, damage ---------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from .parallel import (
     parallel_config,
     register_parallel_backend,
 )
+from .parallel._joblib_hook import install_joblib_hook, register_joblib_backend
 
 __version__ = "0.1.0"
 
@@ -58,5 +59,10 @@ __all__ = [
     "hash",
     "parallel_backend",
     "parallel_config",
+    "register_joblib_backend",
     "register_parallel_backend",
 ]
+
+# joblib's backend 'arraycache' (scikit-learn's n_jobs on arraycache's sharing): registered
+# now if joblib is imported, else when it is; joblib is not imported here.
+install_joblib_hook()

@@ -27,17 +27,30 @@ def test_quickstart_second_call_is_a_memmap_hit():
 
 
 @pytest.mark.slow
-def test_parallel_cv_runs_folds_on_a_memory_mapped_matrix():
-    out = run_example("parallel_cv.py")
-    assert "X: memmap (200000, 64)" in out
-    assert "8 folds on 2 workers" in out
-
-
-@pytest.mark.slow
-def test_sklearn_pipeline_gives_the_same_search_with_and_without_the_cache():
-    out = run_example("sklearn_pipeline.py")
-    results = re.findall(r"best C=([\d.]+), score ([\d.]+)", out)
-    assert len(results) == 2 and results[0] == results[1], out
+def test_cross_validation_shares_X_once_and_runs_sklearn_on_the_arraycache_backend():
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "cross_validation.py"), "0.02"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    x_mb = float(re.search(r"X: memmap \(25000, 100\) float64, (\d+) MB", out).group(1))
+    mapped = float(re.search(r"\(the cache hit\): .* written ([\d.]+) MB", out).group(1))
+    copied = float(re.search(r"\(a copy\): .* written ([\d.]+) MB", out).group(1))
+    assert mapped < 0.25 * x_mb, out  # passed by reference to the cache file
+    assert x_mb <= copied < 1.5 * x_mb, out  # written once for both calls
+    rows = re.findall(
+        r"^   (.+?) *: +[\d.]+ s, best alpha (\S+), R\^2 ([\d.]+); written ([\d.]+) MB", out, re.M
+    )
+    assert [r[0] for r in rows] == [
+        "joblib's loky backend",
+        "the 'arraycache' backend",
+        "'arraycache' + Pipeline(memory=arraycache.Memory)",
+    ], out
+    # The same search, whatever runs it and whether the pipeline steps are cached.
+    assert len({(alpha, score) for _, alpha, score, _ in rows}) == 1, out
+    loky, ours, ours_again = (float(r[3]) for r in rows)
+    assert loky >= 2 * x_mb, out  # joblib writes X for the search and again for the scores
+    assert x_mb <= ours < 1.5 * x_mb, out  # arraycache: once for both calls
+    assert ours_again < 0.5 * x_mb, out  # and not again while X lives
 
 
 @pytest.mark.slow

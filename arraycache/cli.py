@@ -11,6 +11,11 @@
 
 Read commands take ``--json`` for scripts.  Exit status 2: bad arguments, or a
 location that is not a cache.
+
+``ls``, ``du``, ``verify`` and ``prune`` also take the URL of a location in object
+storage (``s3://bucket/prefix``), with fsspec options as ``--storage-option KEY=VALUE``
+(VALUE read as JSON when it parses, e.g. ``use_ssl=false``) or from the environment
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``... for s3fs).
 """
 
 from __future__ import annotations
@@ -20,17 +25,14 @@ import datetime
 import json
 import os
 import re
-import shutil
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from . import persistence
 from .display import (
-    folder_nbytes,
-    function_names,
     hit_rate,
     human_duration,
     human_size,
@@ -39,14 +41,16 @@ from .display import (
 )
 from .eviction import evict, latest_code_digests
 from .journal import FOLDER as BOOKKEEPING
-from .memory import Memory, parse_bytes
-from .store import EntryInfo, LocalStore
+from .memory import Memory, parse_bytes, verify_entry
+from .store import EntryInfo, LocalStore, Store, is_url, open_store
 
 __all__ = ["main"]
 
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _LEFTOVER_MARKERS = (".tmp-", ".trash-")
 _ARRAY_ARG = re.compile(r"array\(shape=(\([^)]*\)), dtype=([^)]+)\)")
+#: Commands that take the URL of a remote location.
+_URL_COMMANDS = ("ls", "du", "verify", "prune")
 
 
 class CommandError(Exception):
@@ -56,12 +60,42 @@ class CommandError(Exception):
 # --- arguments -------------------------------------------------------------------------------
 
 
-def _location(text: str) -> Path:
+def _location(text: str) -> Path | str:
+    if is_url(text):
+        return text  # checked once the storage options are known (see _open)
     path = Path(text).expanduser()
     if not (path / "arraycache.json").is_file():
         why = "does not exist" if not path.exists() else "has no arraycache.json"
         raise argparse.ArgumentTypeError(f"{text} is not an arraycache location ({why})")
     return path.absolute()
+
+
+def _storage_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"cannot read {text!r} as KEY=VALUE")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _open(args: argparse.Namespace) -> Store:
+    """The store of the command's location (a remote one is not created)."""
+    if not isinstance(args.location, str):
+        return LocalStore(args.location)
+    if args.command not in _URL_COMMANDS:
+        raise CommandError(f"{args.command} works on local folders; "
+                           f"{', '.join(_URL_COMMANDS)} take URLs")
+    options = dict(getattr(args, "storage_option", None) or [])
+    try:
+        store = open_store(args.location, options, create=False)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise CommandError(str(exc)) from None
+    if not store.is_cache():
+        raise CommandError(f"{args.location} is not an arraycache location "
+                           f"(has no arraycache.json)")
+    return store
 
 
 def _age(text: str) -> datetime.timedelta:
@@ -96,14 +130,27 @@ def _count(text: str) -> int:
 # --- reading a location ----------------------------------------------------------------------
 
 
-def _function_ids(store: LocalStore) -> list[str]:
-    return sorted(f"{d.parent.name}/{d.name}" for d in store._function_dirs())
+def _function_ids(store: Store) -> list[str]:
+    return sorted(f"{d.parent.name}/{d.name}" for d in store.function_dirs())
 
 
-def _match_function(store: LocalStore, text: str) -> str:
+def function_names(store: Store, ids: Any) -> dict[str, str]:
+    """``module/qualname`` folder -> the function's dotted name (from its ``code.json``;
+    the folder name when it is missing)."""
+    names = {}
+    for function_id in ids:
+        info = store.code_info(store.function_dir(tuple(function_id.split("/"))))
+        try:
+            names[function_id] = str(info["function"])  # type: ignore[index]
+        except (KeyError, TypeError):
+            names[function_id] = function_id
+    return names
+
+
+def _match_function(store: Store, text: str) -> str:
     """The ``module/qualname`` folder that ``text`` names: that folder, the dotted
     ``module.qualname``, or a unique suffix of either (``qualname``, ``Class.method``)."""
-    names = function_names(store.root, _function_ids(store))
+    names = function_names(store, _function_ids(store))
     exact = [fid for fid, name in names.items() if text in (fid, name)]
     found = exact or [fid for fid, name in names.items()
                       if fid.endswith("/" + text) or name.endswith("." + text)]
@@ -111,12 +158,12 @@ def _match_function(store: LocalStore, text: str) -> str:
         return found[0]
     if not found:
         known = ", ".join(names) or "none"
-        raise CommandError(f"no function {text!r} in {store.root} (functions: {known})")
+        raise CommandError(f"no function {text!r} in {store.location} (functions: {known})")
     raise CommandError(f"{text!r} matches several functions: {', '.join(sorted(found))}; "
                        f"give more of the name")
 
 
-def _counters(store: LocalStore) -> dict[str, dict[str, float]]:
+def _counters(store: Store) -> dict[str, dict[str, float]]:
     """Per-function counters from the bookkeeping (empty when it is unavailable)."""
     try:
         return store.summary.stats()
@@ -131,7 +178,7 @@ def _per_function(entries: list[EntryInfo]) -> dict[str, list[EntryInfo]]:
     return dict(sorted(grouped.items()))
 
 
-def _is_stale(entry: EntryInfo, latest: dict[Path, str]) -> bool:
+def _is_stale(entry: EntryInfo, latest: dict[PurePath, str]) -> bool:
     # Without a code.json (cleared while a process still held the function) nothing is
     # known to be stale: keep the entry.
     current = latest.get(entry.path.parent)
@@ -150,12 +197,12 @@ def _plural(count: int, word: str) -> str:
 
 
 def _ls(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    store = LocalStore(args.location)
+    store = _open(args)
     if args.function is not None:
         return _ls_function(store, _match_function(store, args.function))
     grouped = _per_function(list(store.entries()))
     counters = _counters(store)
-    names = function_names(store.root, grouped)
+    names = function_names(store, grouped)
     functions = {}
     for fid, entries in grouped.items():
         c = counters.get(fid, {})
@@ -173,10 +220,10 @@ def _ls(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                  human_duration(total["time_saved"])])
     text = table(["function", "entries", "size", "hits", "misses", "hit rate", "time saved"],
                  rows)
-    return {"location": str(store.root), "functions": functions}, text
+    return {"location": store.location, "functions": functions}, text
 
 
-def _ls_function(store: LocalStore, fid: str) -> tuple[dict[str, Any], str]:
+def _ls_function(store: Store, fid: str) -> tuple[dict[str, Any], str]:
     infos = list(store.entries(tuple(fid.split("/"))))
     infos.sort(key=lambda e: e.last_access, reverse=True)
     latest = latest_code_digests(store)
@@ -202,33 +249,38 @@ def _ls_function(store: LocalStore, fid: str) -> tuple[dict[str, Any], str]:
              "old" if e["stale"] else "current", short(e["args"])] for e in entries]
     text = table(["key", "size", "created", "last access", "hits", "compute time", "code",
                   "arguments"], rows, align="lrllrrll")
-    name = function_names(store.root, [fid])[fid]
+    name = function_names(store, [fid])[fid]
     text = f"{name}: {_plural(len(entries), 'entry')}, " \
            f"{human_size(sum(e['bytes'] for e in entries))}\n{text}"
-    return {"location": str(store.root), "function": fid, "name": name,
+    return {"location": store.location, "function": fid, "name": name,
             "entries": entries}, text
 
 
 def _du(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    store = LocalStore(args.location)
+    store = _open(args)
     grouped = _per_function(list(store.entries()))
     functions = {fid: {"entries": len(es), "bytes": sum(e.nbytes for e in es)}
                  for fid, es in grouped.items()}
     entries_bytes = sum(f["bytes"] for f in functions.values())
-    other = max(0, folder_nbytes(store.root) - entries_bytes)
-    free = shutil.disk_usage(store.root).free
-    data = {"location": str(store.root), "functions": functions,
+    total, free = store.usage()
+    other = max(0, total - entries_bytes)
+    data = {"location": store.location, "functions": functions,
             "entries": sum(f["entries"] for f in functions.values()), "bytes": entries_bytes,
             "other_bytes": other, "free_bytes": free}
     rows = [[fid, f["entries"], human_size(f["bytes"])] for fid, f in functions.items()]
     rows.append(["total", data["entries"], human_size(entries_bytes)])
     text = table(["function", "entries", "size"], rows)
-    text += (f"\nother files (bookkeeping, code versions, leftovers): {human_size(other)}"
-             f"\nfree space on the file system: {human_size(free)}")
+    if free is None:  # object storage: this machine's bookkeeping is not in the bucket
+        text += (f"\nother objects (code versions, leftovers): {human_size(other)}"
+                 f"\nfree space: not known for object storage")
+    else:
+        text += (f"\nother files (bookkeeping, code versions, leftovers): {human_size(other)}"
+                 f"\nfree space on the file system: {human_size(free)}")
     return data, text
 
 
 def _stats(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    _open(args)  # a URL: an error naming the commands that take one
     stats = Memory(args.location, verbose=0).stats()
     lines = [
         f"location      {stats['location']}",
@@ -251,14 +303,15 @@ def _stats(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def _info(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    store = LocalStore(args.location)
+    store = _open(args)
+    assert isinstance(store, LocalStore)
     try:
         version = json.loads((store.root / "arraycache.json").read_text()).get("format_version")
     except (OSError, ValueError, AttributeError):
         version = None
     grouped = _per_function(list(store.entries()))
     latest = latest_code_digests(store)
-    names = function_names(store.root, grouped)
+    names = function_names(store, grouped)
     functions = {}
     for fid, entries in grouped.items():
         stale = [e for e in entries if _is_stale(e, latest)]
@@ -272,7 +325,7 @@ def _info(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             "code_versions_stored": len({e.code_digest for e in entries}),
             "stale_entries": len(stale), "stale_bytes": sum(e.nbytes for e in stale),
         }
-    leftovers = sum(1 for fdir in store._function_dirs() for child in _children_names(fdir)
+    leftovers = sum(1 for fdir in store.function_dirs() for child in _children_names(fdir)
                     if any(marker in child for marker in _LEFTOVER_MARKERS))
     data = {
         "location": str(store.root), "format_version": version,
@@ -326,25 +379,26 @@ def _bookkeeping(store: LocalStore) -> dict[str, Any]:
 
 
 def _verify(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
-    store = LocalStore(args.location)
-    checked, damaged = 0, []
+    store = _open(args)
+    checked, damaged, paths = 0, [], []
     for info in store.entries():
         try:
             meta = store.read_meta(info.path)
-            if meta is None and not info.path.exists():
+            if meta is None and (not store.in_place or not Path(info.path).exists()):
                 continue  # evicted or cleared by another process while we looked
-            problems = persistence.verify(info.path, meta) if meta else ["no metadata"]
-        except (ValueError, KeyError, OSError) as exc:
+            problems = verify_entry(store, info.path, meta) if meta else ["no metadata"]
+        except (ValueError, KeyError, OSError, persistence.EntryDamaged) as exc:
             problems = [str(exc)]
         checked += 1
         if problems:
-            damaged.append({"entry": str(info.path), "function": info.function,
+            damaged.append({"entry": store.url(info.path), "function": info.function,
                             "bytes": info.nbytes, "problems": problems})
+            paths.append(info.path)
     left = len(damaged)
     if args.repair:
-        for item in damaged:
+        for item, path in zip(damaged, paths, strict=True):
             try:
-                store.delete(Path(item["entry"]))
+                store.delete(path)
                 left -= 1
             except OSError as exc:  # e.g. a read-only location: the entry stays damaged
                 item["problems"].append(f"cannot remove it: {exc}")
@@ -353,7 +407,7 @@ def _verify(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     if args.repair and damaged:
         outcome = f", {len(damaged) - left} removed (recomputed at their next call)"
     lines.append(f"checked {_plural(checked, 'entry')}: {len(damaged)} damaged{outcome}")
-    data = {"location": str(store.root), "checked": checked, "damaged": damaged,
+    data = {"location": store.location, "checked": checked, "damaged": damaged,
             "repaired": bool(damaged) and left == 0}
     return data, "\n".join(lines), 1 if left else 0
 
@@ -362,7 +416,7 @@ def _verify(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
 
 
 def _prune(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    store = LocalStore(args.location)
+    store = _open(args)
     leftovers = store.remove_temporaries(min_age=args.min_age)
     evicted: list[tuple[EntryInfo, bool]] = []
     if args.stale:
@@ -377,8 +431,8 @@ def _prune(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     remaining = list(store.entries())
     freed = sum(e.nbytes for e, _ in evicted)
     data = {
-        "location": str(store.root), "leftovers_removed": leftovers,
-        "evicted": [{"entry": str(e.path), "function": e.function, "bytes": e.nbytes,
+        "location": store.location, "leftovers_removed": leftovers,
+        "evicted": [{"entry": store.url(e.path), "function": e.function, "bytes": e.nbytes,
                      "stale": stale} for e, stale in evicted],
         "evicted_bytes": freed, "entries": len(remaining),
         "bytes": sum(e.nbytes for e in remaining),
@@ -390,7 +444,7 @@ def _prune(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def _clear(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    store = LocalStore(args.location)
+    store = _open(args)
     fid = None if args.function is None else _match_function(store, args.function)
     what = "every function" if fid is None else fid
     if not args.yes:
@@ -429,7 +483,14 @@ def _parser() -> argparse.ArgumentParser:
            for name, (_, text) in _COMMANDS.items()}
     for name, command in sub.items():
         command.add_argument("location", type=_location, metavar="LOCATION",
-                             help="the cache folder (Memory's location)")
+                             help="the cache folder (Memory's location)" +
+                             (", or its URL (s3://bucket/prefix)" if name in _URL_COMMANDS
+                              else ""))
+        if name in _URL_COMMANDS:
+            command.add_argument("--storage-option", type=_storage_option, action="append",
+                                 metavar="KEY=VALUE",
+                                 help="an fsspec option for a URL location, e.g. "
+                                      "endpoint_url=http://localhost:9000 (repeatable)")
         if name in ("ls", "clear"):
             command.add_argument("function", nargs="?", metavar="FUNCTION",
                                  help="module/qualname, module.qualname or a unique end of it "

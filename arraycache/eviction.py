@@ -4,69 +4,50 @@ Order: entries made by an older version of their function's code first (they onl
 come back if the code is reverted), then the least recently used (last hit or store,
 from the bookkeeping journal, to the second).
 
-One process evicts at a time (an exclusive ``flock`` on ``.arraycache/evicting``);
-the next one re-scans once it gets the lock, so two processes over the limit at once
-do not both delete the same amount.  A reader whose entry is deleted under it keeps
-its memory maps (unlinked files stay mapped) or, mid-read, sees a miss and computes.
+One process evicts at a time (an exclusive ``flock`` on ``.arraycache/evicting``, in
+the local bookkeeping folder for a remote location: processes of one machine take
+turns, machines do not); the next one re-scans once it gets the lock, so two processes
+over the limit at once do not both delete the same amount.  A reader whose entry is
+deleted under it keeps its memory maps (unlinked files stay mapped) or, mid-read, sees
+a miss and computes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
-import json
 import logging
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from pathlib import PurePath
 
-from .journal import FOLDER
-from .store import EntryInfo, LocalStore
+from .store import EntryInfo, Store
 
 __all__ = ["enforce_bytes_limit", "evict"]
 
 logger = logging.getLogger("arraycache.eviction")
 
 
-@contextlib.contextmanager
-def _eviction_lock(store: LocalStore) -> Iterator[None]:
-    folder = store.root / FOLDER
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / "evicting", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError:
-        yield  # read-only location: deletions will fail anyway
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def latest_code_digests(store: LocalStore) -> dict[Path, str]:
+def latest_code_digests(store: Store) -> dict[PurePath, str]:
     """Function folder -> the code digest it was most recently stored with."""
     latest = {}
-    for folder in store._function_dirs():
+    for folder in store.function_dirs():
+        info = store.code_info(folder)
         try:
-            digests = json.loads((folder / "code.json").read_text())["digests"]
-        except (OSError, ValueError, KeyError, TypeError):
+            digests = info["digests"]  # type: ignore[index]
+            if digests:
+                latest[folder] = max(digests, key=digests.get)
+        except (KeyError, TypeError, ValueError, AttributeError):
             continue
-        if digests:
-            latest[folder] = max(digests, key=digests.get)
     return latest
 
 
 def evict(
-    store: LocalStore,
+    store: Store,
     bytes_limit: int | None = None,
     items_limit: int | None = None,
     age_limit: datetime.timedelta | None = None,
 ) -> list[EntryInfo]:
     """Delete entries until the location fits the limits; return the deleted ones."""
-    with _eviction_lock(store):
+    with store.eviction_lock():
         store.remove_temporaries()
         entries = list(store.entries())
         latest = latest_code_digests(store)
@@ -90,13 +71,13 @@ def evict(
         return evicted
 
 
-def enforce_bytes_limit(store: LocalStore, bytes_limit: int) -> None:
+def enforce_bytes_limit(store: Store, bytes_limit: int) -> None:
     """Called after each store: an O(1) look at the running total (the journals are
     folded incrementally), and a scan and eviction only when it is over the limit."""
     try:
         total = store.summary.total_bytes()
     except Exception as exc:  # no bookkeeping: fall back to a scan
-        logger.debug("running size of %s unknown (%s); scanning", store.root, exc)
+        logger.debug("running size of %s unknown (%s); scanning", store.location, exc)
         total = bytes_limit + 1
     if total > bytes_limit:
         evict(store, bytes_limit=bytes_limit)

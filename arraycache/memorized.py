@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from .exceptions import (
 from .funcinfo import FunctionInfo
 from .hashing import hash as hash_obj
 from .journal import FUNCTION_STATS
-from .store import LocalStore, OutdatedEntry, boot_id
+from .store import OutdatedEntry, Store, boot_id, open_store
 
 __all__ = [
     "MemorizedFunc",
@@ -68,21 +68,56 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds:.1f}s, {seconds / 60:.1f}min"
 
 
+def load_entry(store: Store, entry: PurePath, meta: dict, mmap_mode: str | None,
+               trust_foreign_pickles: bool) -> Any:
+    """Load an entry of a store that is not read in place (a remote one) from its
+    local copy.
+
+    Raises
+    ------
+    persistence.UntrustedEntry
+        If it needs unpickling and the store cannot tell who wrote it.
+    persistence.EntryDamaged
+        If it cannot be read or does not match its metadata.
+    """
+    if (not store.owners_known and not trust_foreign_pickles
+            and meta.get("skeleton") == "pickle"):
+        raise persistence.UntrustedEntry(
+            f"it holds a pickle in {store.location}, and whoever can write there chose "
+            f"its bytes; unpickling them could run their code"
+        )
+    try:
+        local = store.fetch(entry, meta)
+    except OSError as exc:
+        raise persistence.EntryDamaged(f"cannot be read: {exc}") from exc
+    try:
+        return persistence.load(local, meta, mmap_mode, trust_foreign_pickles)
+    finally:
+        store.release(local)
+
+
 class MemorizedResult:
     """A reference to a stored result, as returned by ``call_and_shelve``.
 
     Pickles cheaply, so it can be passed to other processes and loaded there.
     """
 
-    def __init__(self, location: str, entry: Path, func_name: str,
+    def __init__(self, location: str, entry: PurePath, func_name: str,
                  mmap_mode: str | None = None, verbose: int = 0,
-                 trust_foreign_pickles: bool = False) -> None:
+                 trust_foreign_pickles: bool = False,
+                 storage_options: dict | None = None, local_cache: str | None = None) -> None:
         self.location = location
-        self.entry = Path(entry)
+        # A local folder, or a path inside the bucket of a remote location.
+        self.entry = entry if isinstance(entry, PurePath) else Path(entry)
         self.func_name = func_name
         self.mmap_mode = mmap_mode
         self.verbose = verbose
         self.trust_foreign_pickles = trust_foreign_pickles
+        self.storage_options = storage_options
+        self.local_cache = local_cache
+
+    def _store(self) -> Store:
+        return open_store(self.location, self.storage_options, self.local_cache)
 
     @property
     def args_id(self) -> str:
@@ -97,26 +132,33 @@ class MemorizedResult:
         KeyError
             If the entry was cleared or is damaged.
         """
-        store = LocalStore(self.location)
+        store = self._store()
         try:
             meta = store.read_meta(self.entry)
             if meta is None:
                 raise persistence.EntryDamaged("the entry does not exist")
-            return persistence.load(self.entry, meta, self.mmap_mode,
-                                    self.trust_foreign_pickles)
+            if store.in_place:
+                return persistence.load(self.entry, meta, self.mmap_mode,
+                                        self.trust_foreign_pickles)
+            mmap_mode = self.mmap_mode
+            if mmap_mode is not None and mmap_mode not in store.mmap_modes:
+                mmap_mode = store.mmap_fallback(mmap_mode)
+            return load_entry(store, self.entry, meta, mmap_mode, self.trust_foreign_pickles)
         except (persistence.EntryDamaged, ValueError, KeyError) as exc:
             raise KeyError(
-                f"no stored result of {self.func_name} in {self.entry}: {exc}"
+                f"no stored result of {self.func_name} in {store.url(self.entry)}: {exc}"
             ) from None
 
     def clear(self) -> None:
         """Delete the stored result."""
-        LocalStore(self.location).delete(self.entry)
+        self._store().delete(self.entry)
 
     def __repr__(self) -> str:
         return display.result_repr(self)
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> str | None:
+        if not isinstance(self.entry, Path):
+            return None  # a remote entry: the HTML view reads local folders (plain repr)
         return display.result_html(self)
 
 
@@ -191,6 +233,8 @@ class MemorizedFunc:
         lock_timeout: float | None = 600.0,
         trust_foreign_pickles: bool = False,
         bytes_limit: int | None = None,
+        storage_options: dict | None = None,
+        local_cache: str | None = None,
     ) -> None:
         check_mmap_mode(mmap_mode)
         self.func = func
@@ -204,11 +248,14 @@ class MemorizedFunc:
         self.lock_timeout = lock_timeout
         self.trust_foreign_pickles = trust_foreign_pickles
         self.bytes_limit = bytes_limit
+        self.storage_options = storage_options
+        self.local_cache = local_cache
         self.info = FunctionInfo(func, self.ignore)
-        self._store: LocalStore | None = None
+        self._store: Store | None = None
         self._recorded_code: str | None = None
         self._warned_uncovered: str | None = None
         self._warned_compressed_mmap = False
+        self._warned_unmappable = False
         functools.update_wrapper(self, func)
 
     def __reduce__(self) -> tuple:
@@ -218,7 +265,8 @@ class MemorizedFunc:
             _rebuild,
             (self.info.module, self.func, self.location, self.ignore, self.mmap_mode,
              self.compress, self.verbose, self.cache_validation_callback, self.lock_timeout,
-             self.trust_foreign_pickles, self.bytes_limit),
+             self.trust_foreign_pickles, self.bytes_limit, self.storage_options,
+             self.local_cache),
         )
 
     def __repr__(self) -> str:
@@ -235,11 +283,11 @@ class MemorizedFunc:
     # --- the pieces of a call --------------------------------------------------------------
 
     @property
-    def store(self) -> LocalStore | None:
+    def store(self) -> Store | None:
         """The store, or None when the location cannot be used (warns at each call)."""
         if self._store is None:
             try:
-                self._store = LocalStore(self.location)
+                self._store = open_store(self.location, self.storage_options, self.local_cache)
             except OSError as exc:
                 warnings.warn(
                     f"cannot use cache location {self.location!r} ({exc}); "
@@ -274,14 +322,14 @@ class MemorizedFunc:
                     ) from None
             raise UnhashableArgumentError(f"cannot hash the arguments: {exc}") from None
 
-    def _entry(self, args: tuple, kwargs: dict) -> tuple[Path | None, dict[str, Any]]:
+    def _entry(self, args: tuple, kwargs: dict) -> tuple[PurePath | None, dict[str, Any]]:
         key, arguments = self._key(args, kwargs)
         store = self.store
         if store is None:
             return None, arguments
         return store.entry_dir(self.info.folder, key), arguments
 
-    def _load(self, entry: Path, is_hit: bool = True) -> tuple[Any, dict | None, bool]:
+    def _load(self, entry: PurePath, is_hit: bool = True) -> tuple[Any, dict | None, bool]:
         """Return (result or _MISS, metadata, damaged); ``is_hit`` False for the reload
         right after a store (not counted as a hit)."""
         store = self.store
@@ -302,16 +350,24 @@ class MemorizedFunc:
         if mmap_mode is not None and any(a["codec"] for a in meta["arrays"].values()):
             self._warn_compressed_mmap()
             mmap_mode = None
+        if mmap_mode is not None and mmap_mode not in store.mmap_modes:
+            mmap_mode = self._warn_unmappable(store, mmap_mode)
         t0 = time.perf_counter()
         try:
-            result = persistence.load(entry, meta, mmap_mode, self.trust_foreign_pickles)
+            if store.in_place:
+                result = persistence.load(entry, meta, mmap_mode, self.trust_foreign_pickles)
+            else:
+                result = load_entry(store, entry, meta, mmap_mode, self.trust_foreign_pickles)
         except persistence.UntrustedEntry as exc:
             warnings.warn(
-                f"cache entry {entry} of {self.info.name} is not loaded: {exc}; recomputing "
+                f"cache entry {store.url(entry)} of {self.info.name} is not loaded: {exc}; "
+                f"recomputing "
                 f"(pass trust_foreign_pickles=True to Memory to load it)",
                 UntrustedEntryWarning, stacklevel=4,
             )
-            return _MISS, meta, True
+            # Replacing it makes it ours where files have owners; in a bucket nobody
+            # owns it, and a replacement would be as untrusted.
+            return _MISS, meta, store.owners_known
         except persistence.EntryDamaged as exc:
             if self._replaced_since(entry, meta):
                 # Cleared or replaced while we read it (memory.clear() during a call, an
@@ -339,16 +395,17 @@ class MemorizedFunc:
                          (time.perf_counter() - t0) * 1e3, float(meta.get("duration") or 0))
         return result, meta, False
 
-    def _replaced_since(self, entry: Path, meta: dict) -> bool:
+    def _replaced_since(self, entry: PurePath, meta: dict) -> bool:
         try:
             return self.store.read_meta(entry) != meta
         except (ValueError, KeyError, OSError):
             return False
 
-    def _warn_damaged(self, entry: Path, exc: BaseException) -> None:
-        logger.info("damaged entry %s of %s: %s", entry, self.info.name, exc)
+    def _warn_damaged(self, entry: PurePath, exc: BaseException) -> None:
+        where = self.store.url(entry)
+        logger.info("damaged entry %s of %s: %s", where, self.info.name, exc)
         warnings.warn(
-            f"cache entry {entry} of {self.info.name} is damaged ({exc}); recomputing",
+            f"cache entry {where} of {self.info.name} is damaged ({exc}); recomputing",
             DamagedEntryWarning, stacklevel=5,
         )
 
@@ -361,12 +418,28 @@ class MemorizedFunc:
                 UserWarning, stacklevel=5,
             )
 
+    def _warn_unmappable(self, store: Store, mmap_mode: str) -> str | None:
+        """The mode a store that cannot map ``mmap_mode`` loads with; warns once."""
+        fallback = store.mmap_fallback(mmap_mode)
+        if not self._warned_unmappable:
+            self._warned_unmappable = True
+            how = ("loads them into memory" if fallback is None else
+                   f"maps their local copies with mmap_mode={fallback!r}")
+            warnings.warn(
+                f"{self.info.name}: results in {store.location} cannot be memory-mapped "
+                f"with mmap_mode={mmap_mode!r}; it {how}"
+                + (" (pass local_cache= to Memory for memory-mappable local copies)"
+                   if fallback is None else ""),
+                UserWarning, stacklevel=5,
+            )
+        return fallback
+
     @staticmethod
     def _metadata(meta: dict) -> dict:
         return {"duration": meta.get("duration"), "time": meta.get("created"),
                 "input_args": meta.get("args", {})}
 
-    def _wait_for_other_writer(self, entry: Path) -> Any:
+    def _wait_for_other_writer(self, entry: PurePath) -> Any:
         """Take the compute lock, or wait for the holder's result.
 
         Returns (lock or None, (result, metadata) or _MISS).
@@ -392,7 +465,7 @@ class MemorizedFunc:
                 return None, (result, meta)
 
     def _compute_and_store(
-        self, entry: Path | None, arguments: dict, args: tuple, kwargs: dict, replace: bool
+        self, entry: PurePath | None, arguments: dict, args: tuple, kwargs: dict, replace: bool
     ) -> tuple[Any, dict]:
         if self.verbose > 0:
             print("_" * 80)
@@ -437,8 +510,9 @@ class MemorizedFunc:
                 UnstorableResultWarning, stacklevel=4,
             )
             return output, metadata
-        if self.mmap_mode is not None:
-            # Like joblib: the first call returns what later hits return (memmaps).
+        if self.mmap_mode is not None and (store.in_place or store.mmap_modes):
+            # Like joblib: the first call returns what later hits return (memmaps); a
+            # store that loads hits into memory would only download what we hold.
             stored, _, _ = self._load(entry, is_hit=False)
             if stored is not _MISS:
                 output = stored
@@ -510,9 +584,10 @@ class MemorizedFunc:
             if not self._in_cache(entry):  # could not be stored: keep the value itself
                 return NotMemorizedResult(output)
         return MemorizedResult(self.location, entry, self.info.name, self.mmap_mode,
-                               self.verbose, self.trust_foreign_pickles)
+                               self.verbose, self.trust_foreign_pickles,
+                               self.storage_options, self.local_cache)
 
-    def _in_cache(self, entry: Path) -> bool:
+    def _in_cache(self, entry: PurePath) -> bool:
         try:
             meta = self.store.read_meta(entry)
         except (ValueError, KeyError, OSError):

@@ -7,7 +7,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import PurePath
 from typing import Any
 
 from . import display, persistence
@@ -15,9 +15,9 @@ from .codecs import parse_compress
 from .eviction import evict
 from .journal import FUNCTION_STATS
 from .memorized import MemorizedFunc, NotMemorizedFunc, check_mmap_mode
-from .store import LocalStore
+from .store import Store, check_location, open_store
 
-__all__ = ["Memory", "expires_after", "parse_bytes"]
+__all__ = ["Memory", "expires_after", "parse_bytes", "verify_entry"]
 
 
 class Memory:
@@ -29,9 +29,13 @@ class Memory:
     Parameters
     ----------
     location : str, path-like or None
-        The cache folder.  None turns caching off: decorated functions just run.
+        The cache folder, or the URL of one in object storage (``s3://bucket/prefix``
+        or any URL fsspec opens; ``s3://`` needs ``pip install arraycache[s3]``).
+        Entries there are the same zarr groups, readable in place by
+        ``zarr.open_group(url, storage_options=...)``.  None turns caching off:
+        decorated functions just run.
     backend : {'local'}
-        Where entries live; only the local file system for now.
+        Accepted for joblib compatibility: the kind of store follows ``location``.
     mmap_mode : {None, 'r', 'r+', 'w+', 'c'}
         With 'r' (read-only) or 'c' (copy-on-write, the cache is never changed),
         cached arrays come back as ``np.memmap`` over the stored files: a hit costs
@@ -56,7 +60,16 @@ class Memory:
         Results that need pickle (anything beyond arrays, numbers, strings and plain
         containers) are only unpickled from files you own, because unpickling runs
         code chosen by whoever wrote the file.  True lifts that rule for locations
-        shared with people you trust.
+        shared with people you trust.  In object storage nobody is known to own a
+        file, so pickled results there load only with True.
+    storage_options : dict, optional
+        For a URL location: passed to fsspec (for ``s3://``: ``key``, ``secret``,
+        ``endpoint_url``, ``client_kwargs``...; s3fs also reads the usual AWS variables).
+    local_cache : str or path-like, optional
+        For a URL location: a local folder that keeps a copy of each entry read, checked
+        once when downloaded, so that hits with ``mmap_mode`` map it (a hit then costs
+        one metadata request).  Without it, hits download into memory, and
+        ``mmap_mode`` warns once and loads into memory.
     """
 
     def __init__(
@@ -70,6 +83,8 @@ class Memory:
         backend_options: dict | None = None,
         lock_timeout: float | None = 600.0,
         trust_foreign_pickles: bool = False,
+        storage_options: dict | None = None,
+        local_cache: str | os.PathLike | None = None,
     ) -> None:
         if backend != "local":
             # TypeError, as joblib raises for an unknown store backend.
@@ -79,7 +94,11 @@ class Memory:
         parse_bytes(bytes_limit)
         if location is not None and not isinstance(location, (str, os.PathLike)):
             raise TypeError(f"location must be a path or None, not {type(location).__name__}")
+        if location is not None:
+            check_location(location, storage_options, local_cache)
         self.location = None if location is None else os.fspath(location)
+        self.storage_options = storage_options
+        self.local_cache = None if local_cache is None else os.fspath(local_cache)
         self.backend = backend
         self.mmap_mode = mmap_mode
         self.compress = compress
@@ -98,7 +117,7 @@ class Memory:
     def __reduce__(self) -> tuple:
         return (Memory, (self.location, self.backend, self.mmap_mode, self.compress,
                          self.verbose, self.bytes_limit, self.backend_options, self.lock_timeout,
-                         self.trust_foreign_pickles))
+                         self.trust_foreign_pickles, self.storage_options, self.local_cache))
 
     def cache(
         self,
@@ -153,6 +172,8 @@ class Memory:
             lock_timeout=self.lock_timeout,
             trust_foreign_pickles=self.trust_foreign_pickles,
             bytes_limit=parse_bytes(self.bytes_limit),
+            storage_options=self.storage_options,
+            local_cache=self.local_cache,
         )
 
     def eval(self, func: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -161,10 +182,10 @@ class Memory:
             return func(*args, **kwargs)
         return self.cache(func)(*args, **kwargs)
 
-    def _store(self) -> LocalStore | None:
+    def _store(self) -> Store | None:
         if self.location is None:
             return None
-        return LocalStore(self.location)
+        return open_store(self.location, self.storage_options, self.local_cache)
 
     def clear(self, warn: bool = True) -> None:
         """Delete everything in the cache location."""
@@ -174,14 +195,15 @@ class Memory:
         if store is not None:
             store.clear()
 
-    def verify(self) -> list[Path]:
+    def verify(self) -> list[PurePath]:
         """Check every byte of every entry against its digests.
 
         Returns
         -------
         list of Path
-            The folders of damaged entries (empty when all is well).  They are left
-            in place: a later call of their function recomputes and replaces them.
+            The folders of damaged entries (empty when all is well; paths inside the
+            bucket for a URL location).  They are left in place: a later call of their
+            function recomputes and replaces them.
         """
         store = self._store()
         if store is None:
@@ -189,9 +211,8 @@ class Memory:
         damaged = []
         for info in store.entries():
             try:
-                meta = store.read_meta(info.path)
-                problems = persistence.verify(info.path, meta) if meta else ["no metadata"]
-            except (ValueError, KeyError, OSError) as exc:
+                problems = verify_entry(store, info.path)
+            except (ValueError, KeyError, OSError, persistence.EntryDamaged) as exc:
                 problems = [str(exc)]
             if problems:
                 damaged.append(info.path)
@@ -243,6 +264,24 @@ class Memory:
         functions = store.stats() if store is not None else {}
         totals = {key: sum(f[key] for f in functions.values()) for key in FUNCTION_STATS}
         return {"location": self.location, **totals, "functions": functions}
+
+
+def verify_entry(store: Store, entry: PurePath, meta: dict | None = None) -> list[str]:
+    """The problems of one entry (checked in full, from a local copy for a remote one).
+
+    Raises
+    ------
+    ValueError, KeyError, OSError, persistence.EntryDamaged
+        If its metadata (read unless given) or files cannot be read.
+    """
+    meta = store.read_meta(entry) if meta is None else meta
+    if not meta:
+        return ["no metadata"]
+    local = store.fetch(entry, meta)
+    try:
+        return persistence.verify(local, meta)
+    finally:
+        store.release(local)
 
 
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -11,10 +11,15 @@ Layout under a location::
 An entry is written into ``<key>.tmp-<pid>-<random>`` beside its final place and
 renamed in, so readers see a whole entry or none.  Temporary folders of writers
 that died are removed by :meth:`LocalStore.remove_temporaries`.
+
+:class:`Store` is what ``memorized``, ``memory``, ``eviction`` and the command line
+use; :func:`open_store` picks the class from the location: a path (or ``file://``)
+is a :class:`LocalStore`, any other fsspec URL a ``remote.RemoteStore``.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import functools
@@ -27,7 +32,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import psutil
@@ -35,7 +40,16 @@ import psutil
 from .journal import FOLDER as _BOOKKEEPING
 from .journal import Summary, journal_for
 
-__all__ = ["FORMAT_VERSION", "EntryInfo", "LocalStore", "OutdatedEntry", "boot_id"]
+__all__ = [
+    "FORMAT_VERSION",
+    "EntryInfo",
+    "LocalStore",
+    "OutdatedEntry",
+    "Store",
+    "boot_id",
+    "is_url",
+    "open_store",
+]
 
 logger = logging.getLogger("arraycache.store")
 
@@ -59,8 +73,8 @@ _HOST = socket.gethostname()
 class EntryInfo:
     """One published cache entry."""
 
-    path: Path
-    """The entry's folder."""
+    path: PurePath
+    """The entry's folder (a ``PurePosixPath`` inside the bucket for a remote store)."""
     nbytes: int
     """Bytes on disk."""
     last_access: float
@@ -144,7 +158,304 @@ class EntryLock:
         self.release()
 
 
-class LocalStore:
+def lock_file(path: Path) -> EntryLock | None:
+    """Take an exclusive ``flock`` on the file ``path`` (created), or None if held.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be created (e.g. a read-only location).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # The previous holder unlinks the file before unlocking it: if we locked a
+        # file that is no longer at ``path``, start over with the current one.
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            holder = {"pid": os.getpid(), "host": _HOST, "time": time.time()}
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(holder).encode())
+            return EntryLock(path, fd)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive, blocking ``flock`` on ``folder/name`` (nothing if it cannot be
+    created: a read-only location, where the work it guards fails anyway)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    """Whether ``location`` is an fsspec URL other than a local file (``file://``)."""
+    if not isinstance(location, str) or ("://" not in location and "::" not in location):
+        return False
+    protocol = location.split("::", 1)[0].split("://", 1)[0]
+    return protocol not in ("file", "local")
+
+
+def _local_path(location: str | os.PathLike) -> str | os.PathLike:
+    if isinstance(location, str):
+        for prefix in ("file://", "local://"):
+            if location.startswith(prefix):
+                return location[len(prefix):]
+    return location
+
+
+def open_store(location: str | os.PathLike, storage_options: dict | None = None,
+               local_cache: str | os.PathLike | None = None, create: bool = True) -> Store:
+    """The store of ``location``: the one place where its class is chosen.
+
+    ``create=False`` leaves a remote location untouched (a local folder is created
+    with its ``arraycache.json``, as always).
+
+    Raises
+    ------
+    ImportError
+        If the URL's protocol needs a package that is not installed (the message
+        names the extra, e.g. ``pip install arraycache[s3]``).
+    OSError
+        If the location cannot be used.
+    """
+    if is_url(location):
+        from .remote import RemoteStore  # fsspec is only imported for URLs
+
+        return RemoteStore(str(location), storage_options, local_cache, create=create)
+    if storage_options:
+        raise ValueError(f"storage_options are for URL locations (s3://...), and "
+                         f"{os.fspath(location)!r} is a local folder")
+    if local_cache is not None:
+        raise ValueError(f"local_cache is for URL locations (s3://...), and "
+                         f"{os.fspath(location)!r} is a local folder")
+    return LocalStore(_local_path(location))
+
+
+def check_location(location: str | os.PathLike, storage_options: dict | None = None,
+                   local_cache: str | os.PathLike | None = None) -> None:
+    """Fail early, without touching the location, on what :func:`open_store` would
+    refuse: options of the wrong kind, a protocol whose package is missing."""
+    if is_url(location):
+        from .remote import check_protocol
+
+        check_protocol(str(location))
+        if storage_options is not None and not isinstance(storage_options, dict):
+            raise TypeError(f"storage_options must be a dict, not "
+                            f"{type(storage_options).__name__}")
+        return
+    if storage_options:
+        raise ValueError(f"storage_options are for URL locations (s3://...), and "
+                         f"{os.fspath(location)!r} is a local folder")
+    if local_cache is not None:
+        raise ValueError(f"local_cache is for URL locations (s3://...), and "
+                         f"{os.fspath(location)!r} is a local folder")
+
+
+class Store(abc.ABC):
+    """Where the entries of one location live: the operations the cache needs.
+
+    Entries are named by ``entry_dir(folder, key)``: a ``Path`` for a local store, a
+    ``PurePosixPath`` inside the bucket for a remote one.  Results are written into a
+    local temporary folder (``new_entry``) by ``persistence.dump`` and published from
+    there; they are read from a local folder too (``fetch``: the entry itself, or a
+    copy of a remote one).
+    """
+
+    #: ``mmap_mode`` values whose memory maps reach this store's files.
+    mmap_modes: frozenset[str] = frozenset()
+    #: Whether a file's owner says who wrote it (the pickle trust check relies on it).
+    owners_known: bool = True
+    #: Whether entries are read where they are (``fetch`` returns the entry itself).
+    in_place: bool = True
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """The location as users name it (folder or URL)."""
+
+    def mmap_fallback(self, mmap_mode: str) -> str | None:
+        """What a hit maps with instead of ``mmap_mode`` when this store cannot map it."""
+        return None
+
+    def url(self, entry: PurePath) -> str:
+        """The entry as users name it (a folder path or a URL)."""
+        return str(entry)
+
+    @abc.abstractmethod
+    def is_cache(self) -> bool:
+        """Whether the location holds an arraycache (its ``arraycache.json``)."""
+
+    @abc.abstractmethod
+    def function_dir(self, folder: tuple[str, ...]) -> PurePath:
+        """The folder holding one function's entries."""
+
+    @abc.abstractmethod
+    def entry_dir(self, folder: tuple[str, ...], key: str) -> PurePath:
+        """The final folder of one entry."""
+
+    @abc.abstractmethod
+    def read_meta(self, entry: PurePath) -> dict[str, Any] | None:
+        """The entry's arraycache metadata, or None when there is no entry (ValueError
+        when it is unreadable, OutdatedEntry when it is of an older format)."""
+
+    @abc.abstractmethod
+    def fetch(self, entry: PurePath, meta: dict[str, Any]) -> Path:
+        """A local folder holding the entry's files, for ``persistence`` to read."""
+
+    def release(self, local: Path) -> None:
+        """Done reading what :meth:`fetch` returned (a temporary copy is removed)."""
+        return  # read in place: nothing to release
+
+    @abc.abstractmethod
+    def new_entry(self, entry: PurePath) -> Path:
+        """A fresh local temporary folder to write the entry into."""
+
+    @abc.abstractmethod
+    def publish(self, tmp: Path, entry: PurePath, meta: dict[str, Any], replace: bool) -> bool:
+        """Make ``tmp`` the entry, its group ``zarr.json`` (holding ``meta``) last; False
+        when another writer published first (and ``replace`` is false)."""
+
+    @abc.abstractmethod
+    def discard(self, tmp: Path) -> None:
+        """Remove a temporary folder that will not be published."""
+
+    @abc.abstractmethod
+    def record(self, kind: str, entry: PurePath, nbytes: int = 0, seconds: float = 0.0) -> None:
+        """Journal an event of ``entry``: 'H' hit, 'M' miss, 'S' store, 'D' delete."""
+
+    @property
+    @abc.abstractmethod
+    def summary(self) -> Summary:
+        """The folded bookkeeping of this location."""
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Counters per function folder (see ``journal.FUNCTION_STATS``); entries and
+        bytes come from a scan, so they are right even if bookkeeping was lost."""
+        list(self.entries())  # brings the entries table in line with the store
+        try:
+            return self.summary.stats()
+        except Exception as exc:
+            logger.debug("no statistics for %s: %s", self.location, exc)
+            return {}
+
+    @abc.abstractmethod
+    def mark_checked(self, entry: PurePath, meta: dict[str, Any], boot: str) -> None:
+        """Record that the entry was verified in full during ``boot``."""
+
+    @abc.abstractmethod
+    def delete(self, entry: PurePath) -> bool:
+        """Remove an entry; return whether this call removed it."""
+
+    @abc.abstractmethod
+    def try_lock(self, entry: PurePath) -> EntryLock | None:
+        """Take the entry's compute lock, or return None if someone holds it."""
+
+    @abc.abstractmethod
+    def record_code(self, folder: tuple[str, ...], name: str, code_digest: str) -> None:
+        """Add ``code_digest`` to the function's ``code.json`` (once per digest)."""
+
+    @abc.abstractmethod
+    def code_info(self, function_dir: PurePath) -> dict[str, Any] | None:
+        """The function's ``code.json`` (``function`` name, ``digests`` -> time seen)."""
+
+    @abc.abstractmethod
+    def function_dirs(self) -> Iterator[PurePath]:
+        """The folders of every function with entries (or once had some)."""
+
+    @abc.abstractmethod
+    def entries(self, folder: tuple[str, ...] | None = None) -> Iterator[EntryInfo]:
+        """Published entries, of one function or of all (with bookkeeping folded in)."""
+
+    @abc.abstractmethod
+    def remove_temporaries(self, min_age: float = 3600.0) -> int:
+        """Remove what writers that died left behind; return how many."""
+
+    @abc.abstractmethod
+    def clear(self, folder: tuple[str, ...] | None = None) -> None:
+        """Remove all entries of one function, or the whole cache content."""
+
+    @abc.abstractmethod
+    def eviction_lock(self) -> contextlib.AbstractContextManager:
+        """Held by the one process that evicts at a time."""
+
+    @abc.abstractmethod
+    def usage(self) -> tuple[int, int | None]:
+        """Bytes of every file of the location, and free space (None: unknown)."""
+
+
+def fold_bookkeeping(store: Store, scanned: list[tuple[PurePath, dict, int]],
+                     folder: tuple[str, ...] | None) -> Iterator[EntryInfo]:
+    """EntryInfo of scanned (entry, metadata, bytes), with last access and hits from the
+    bookkeeping, which is brought in line with the scan on the way."""
+    prefix = "/".join(folder) + "/" if folder else ""
+    try:
+        known = store.summary.resync(
+            [(relative(e), f"{e.parent.parent.name}/{e.parent.name}", n,
+              float(m.get("created") or 0)) for e, m, n in scanned],
+            prefix,
+        )
+    except Exception as exc:  # advisory: a listing works without it
+        logger.debug("bookkeeping of %s unavailable: %s", store.location, exc)
+        known = {}
+    for entry, meta, nbytes in scanned:
+        created = float(meta.get("created") or 0)
+        last, hits = known.get(relative(entry), (created, 0))
+        yield EntryInfo(entry, nbytes, max(last, created), meta.get("code"), created, hits,
+                        float(meta.get("duration") or 0))
+
+
+def relative(entry: PurePath) -> str:
+    """``module/qualname/key`` of an entry folder: its name in the bookkeeping."""
+    return f"{entry.parent.parent.name}/{entry.parent.name}/{entry.name}"
+
+
+def parse_meta(raw: bytes) -> dict[str, Any]:
+    """The arraycache attributes of a group ``zarr.json``.
+
+    Raises
+    ------
+    ValueError
+        If they cannot be read or are of an unknown version (OutdatedEntry: older).
+    """
+    try:
+        meta = json.loads(raw)["attributes"]["arraycache"]
+        version = meta.get("format_version")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"no arraycache metadata ({type(exc).__name__}: {exc})") from None
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise OutdatedEntry(f"entry format version {version} is outdated")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"entry format version {version!r} is unknown")
+    return meta
+
+
+def group_json(meta: dict[str, Any]) -> bytes:
+    """The group ``zarr.json`` that holds ``meta`` (with the format version)."""
+    meta = {**meta, "format_version": FORMAT_VERSION}
+    return json.dumps({"zarr_format": 3, "node_type": "group",
+                       "attributes": {"arraycache": meta}},
+                      separators=(",", ":"), allow_nan=True).encode()
+
+
+class LocalStore(Store):
     """Cache entries in a folder of the local file system.
 
     Parameters
@@ -167,8 +478,20 @@ class LocalStore:
             with contextlib.suppress(OSError), open(self.root / ".gitignore", "x") as f:
                 f.write("# Created by arraycache automatically.\n*\n")
 
+    #: Every mode maps the entry's own files.
+    mmap_modes = frozenset({"r", "r+", "w+", "c"})
+
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
+
+    @property
+    def location(self) -> str:
+        """The cache folder, absolute."""
+        return str(self.root)
+
+    def is_cache(self) -> bool:
+        """Whether the folder holds an ``arraycache.json``."""
+        return (self.root / "arraycache.json").is_file()
 
     # --- entries ---------------------------------------------------------------------------
 
@@ -202,6 +525,10 @@ class LocalStore:
         if version != FORMAT_VERSION:
             raise ValueError(f"entry format version {version!r} is unknown")
         return meta
+
+    def fetch(self, entry: Path, meta: dict[str, Any]) -> Path:
+        """The entry's folder itself: read in place."""
+        return entry
 
     def new_entry(self, entry: Path) -> Path:
         """A fresh temporary folder beside ``entry`` to write it into."""
@@ -238,10 +565,7 @@ class LocalStore:
 
     # --- bookkeeping (advisory: never raises) -----------------------------------------------
 
-    @staticmethod
-    def relative(entry: Path) -> str:
-        """``module/qualname/key`` of an entry folder: its name in the bookkeeping."""
-        return f"{entry.parent.parent.name}/{entry.parent.name}/{entry.name}"
+    relative = staticmethod(relative)
 
     def record(self, kind: str, entry: Path, nbytes: int = 0, seconds: float = 0.0) -> None:
         """Journal an event of ``entry``: 'H' hit, 'M' miss, 'S' store, 'D' delete."""
@@ -255,16 +579,6 @@ class LocalStore:
     def summary(self) -> Summary:
         """The folded bookkeeping of this location."""
         return Summary(self.root)
-
-    def stats(self) -> dict[str, dict[str, float]]:
-        """Counters per function folder (see ``journal.FUNCTION_STATS``); entries and
-        bytes come from a scan, so they are right even if bookkeeping was lost."""
-        list(self.entries())  # brings the entries table in line with the disk
-        try:
-            return self.summary.stats()
-        except Exception as exc:
-            logger.debug("no statistics for %s: %s", self.root, exc)
-            return {}
 
     def mark_checked(self, entry: Path, meta: dict[str, Any], boot: str) -> None:
         """Record in the entry's metadata that it was verified in full during ``boot``."""
@@ -298,27 +612,7 @@ class LocalStore:
         OSError
             If the lock file cannot be created (e.g. a read-only location).
         """
-        path = entry.with_name(entry.name + _LOCK)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            # The previous holder unlinks the file before unlocking it: if we locked a
-            # file that is no longer at ``path``, start over with the current one.
-            try:
-                current = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                holder = {"pid": os.getpid(), "host": _HOST, "time": time.time()}
-                os.ftruncate(fd, 0)
-                os.write(fd, json.dumps(holder).encode())
-                return EntryLock(path, fd)
-            os.close(fd)
+        return lock_file(entry.with_name(entry.name + _LOCK))
 
     # --- listing and housekeeping ------------------------------------------------------------
 
@@ -337,17 +631,28 @@ class LocalStore:
         _write_json(tmp, seen)
         os.replace(tmp, path)
 
-    def _function_dirs(self) -> Iterator[Path]:
+    def code_info(self, function_dir: Path) -> dict[str, Any] | None:
+        """The function's ``code.json``, or None when it is missing or unreadable."""
+        try:
+            info = json.loads((function_dir / "code.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def function_dirs(self) -> Iterator[Path]:
+        """The ``<module>/<qualname>`` folders."""
         # Two fixed levels, listed with scandir: other processes rename and delete
         # folders while we list, and a vanished one is skipped, never an error.
         for module in _subfolders(self.root):
             if module.name != _BOOKKEEPING:
                 yield from _subfolders(module)
 
+    _function_dirs = function_dirs
+
     def entries(self, folder: tuple[str, ...] | None = None) -> Iterator[EntryInfo]:
         """Published entries, of one function or of all (with bookkeeping folded in)."""
-        dirs = [self.function_dir(folder)] if folder else list(self._function_dirs())
-        scanned = []
+        dirs = [self.function_dir(folder)] if folder else list(self.function_dirs())
+        scanned: list[tuple[PurePath, dict, int]] = []
         for fdir in dirs:
             for entry in _subfolders(fdir):
                 if _TMP in entry.name or _TRASH in entry.name:
@@ -360,21 +665,7 @@ class LocalStore:
                 if nbytes is None:
                     continue  # removed while we looked
                 scanned.append((entry, meta, nbytes))
-        prefix = "/".join(folder) + "/" if folder else ""
-        try:
-            known = self.summary.resync(
-                [(self.relative(e), f"{e.parent.parent.name}/{e.parent.name}", n,
-                  float(m.get("created") or 0)) for e, m, n in scanned],
-                prefix,
-            )
-        except Exception as exc:  # advisory: a listing works without it
-            logger.debug("bookkeeping of %s unavailable: %s", self.root, exc)
-            known = {}
-        for entry, meta, nbytes in scanned:
-            created = float(meta.get("created") or 0)
-            last, hits = known.get(self.relative(entry), (created, 0))
-            yield EntryInfo(entry, nbytes, max(last, created), meta.get("code"), created, hits,
-                            float(meta.get("duration") or 0))
+        yield from fold_bookkeeping(self, scanned, folder)
 
     def remove_temporaries(self, min_age: float = 3600.0) -> int:
         """Remove temporary and trash folders of writers that died; return how many."""
@@ -395,6 +686,14 @@ class LocalStore:
                     removed += 1
                     break
         return removed
+
+    def eviction_lock(self) -> contextlib.AbstractContextManager:
+        """An exclusive ``flock`` on ``.arraycache/evicting``."""
+        return exclusive_lock(self.root / _BOOKKEEPING, "evicting")
+
+    def usage(self) -> tuple[int, int | None]:
+        """Bytes of every file under the folder, and free space on its file system."""
+        return _folder_nbytes(self.root) or 0, shutil.disk_usage(self.root).free
 
     def clear(self, folder: tuple[str, ...] | None = None) -> None:
         """Remove all entries of one function, or the whole cache content."""

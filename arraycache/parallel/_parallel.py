@@ -25,6 +25,7 @@ from ._config import (
     nesting_limit,
 )
 from ._dispatch import CallRun
+from ._interrupts import sigint_deferred
 from ._progress import Progress, print_message
 from ._resolve import make_backend
 
@@ -351,20 +352,28 @@ class Parallel:
                 stop_backend=not self._managed or backend is not self._backend,
             )
             self._running = weakref.ref(run)
-        if self.return_as == "list":
-            return [value for _, value in _drive(run)]
-        if n_workers > 1:
-            # As joblib: workers start on the tasks now, not when the generator is first
-            # iterated (inline tasks stay lazy).
-            try:
+        try:
+            if self.return_as == "list":
+                return [value for _, value in _drive(run)]
+            if n_workers > 1:
+                # As joblib: workers start on the tasks now, not when the generator is
+                # first iterated (inline tasks stay lazy).
                 run.start()
-            except BaseException:
-                run.close(abort=True)
-                raise
-        generator = _values(_drive(run))
-        # A generator dropped before it starts never runs its finally clause.
-        weakref.finalize(generator, run.close, True)
-        return generator
+            generator = _values(_drive(run))
+            # A generator dropped before it starts never runs its finally clause.
+            weakref.finalize(generator, _end, run, True)
+            return generator
+        except BaseException:
+            # Whatever _drive has not closed (an interrupt before it started); closing
+            # twice does nothing.
+            _end(run, True)
+            raise
+
+
+def _end(run: CallRun, abort: bool) -> None:
+    """Close ``run``; Ctrl-C waits until its workers are stopped and its files removed."""
+    with sigint_deferred():
+        run.close(abort=abort)
 
 
 def _drive(run: CallRun) -> Generator[tuple[int, Any], None, None]:
@@ -372,9 +381,9 @@ def _drive(run: CallRun) -> Generator[tuple[int, Any], None, None]:
     try:
         yield from run.results()
     except BaseException:
-        run.close(abort=True)
+        _end(run, True)
         raise
-    run.close(abort=False)
+    _end(run, False)
 
 
 def _values(pairs: Generator[tuple[int, Any], None, None]) -> Generator[Any, None, None]:

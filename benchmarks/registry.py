@@ -7,8 +7,8 @@ from .common import Workload
 
 def workloads() -> dict[str, Workload]:
     """Name -> Workload: references first, then storage (arrays, frames), hashing, parallel."""
-    from . import frames, hashing, parallel, reference, storage
+    from . import frames, hashing, parallel, reference, sklearn, storage
 
     ordered = [*reference.WORKLOADS, *storage.WORKLOADS, *frames.WORKLOADS, *hashing.WORKLOADS,
-               *parallel.WORKLOADS]
+               *parallel.WORKLOADS, *sklearn.WORKLOADS]
     return {w.name: w for w in ordered}

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "mmap_mode": "r",
     "prefer": None,
     "require": None,
+    "progress": False,
 }
 
 _state = threading.local()
@@ -178,7 +179,7 @@ class parallel_config:
         ``'sequential'``, a name given to :func:`register_parallel_backend`, an
         instance (of :class:`ParallelBackend` or of a backend written for joblib), or
         a ``multiprocessing`` context (runs the multiprocessing backend with it).
-    n_jobs, verbose, temp_folder, max_nbytes, mmap_mode, prefer, require
+    n_jobs, verbose, temp_folder, max_nbytes, mmap_mode, prefer, require, progress
         Defaults for the same-named :class:`Parallel` parameters.  A parameter left
         out keeps the value of an enclosing block; one given, even ``None``, replaces
         it (``n_jobs=None`` goes back to the default, 1).
@@ -228,9 +229,11 @@ class parallel_config:
         prefer: str | None = UNSET,
         require: str | None = UNSET,
         max_shared_bytes: int | str | None = UNSET,
+        progress: bool | dict[str, Any] | None = UNSET,
         inner_max_num_threads: int | None = None,
         **backend_params: Any,
     ) -> None:
+        from ._progress import check_progress
         from ._resolve import check_backend_spec
 
         check_hints(prefer, require)
@@ -245,9 +248,12 @@ class parallel_config:
                 ("prefer", prefer),
                 ("require", require),
                 ("max_shared_bytes", max_shared_bytes),
+                ("progress", progress),
             )
             if value is not UNSET
         }
+        if "progress" in layer:
+            layer["progress"] = check_progress(layer["progress"])
         if "max_shared_bytes" in layer:
             layer["max_shared_bytes"] = _shared_bytes(layer["max_shared_bytes"])
         if backend is not None:

@@ -26,7 +26,7 @@ from ._config import (
 )
 from ._dispatch import CallRun
 from ._interrupts import sigint_deferred
-from ._progress import Progress, print_message
+from ._progress import Progress, check_progress, print_message
 from ._resolve import make_backend
 
 __all__ = ["Parallel"]
@@ -119,6 +119,13 @@ class Parallel:
         Not called when tasks run inline.
     initargs : tuple, default ()
         Arguments of ``initializer``.
+    progress : bool or dict, default False
+        Show a tqdm progress bar of the completed tasks (a widget in notebooks, a text
+        bar in terminals; the total is known when the iterable has a ``len()``).  A
+        dict is passed to ``tqdm`` (``{'desc': 'fit', 'file': sys.stdout}``).  Needs
+        tqdm (``pip install 'arraycache[progress]'``): without it, a
+        ``ProgressWarning`` says so once and the tasks run without a bar.  ``verbose``
+        messages are printed as well, if asked for.
     **backend_kwargs
         Further options for the backend's workers, e.g. loky's ``idle_worker_timeout``
         or those of a backend written for joblib.
@@ -170,6 +177,7 @@ class Parallel:
         require: str | None = _UNSET,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple = (),
+        progress: bool | dict[str, Any] = _UNSET,
         **backend_kwargs: Any,
     ) -> None:
         config = active_config()
@@ -188,6 +196,7 @@ class Parallel:
         check_hints(self.prefer, self.require)
         self.return_as = return_as
         self.verbose = pick(verbose, "verbose") or 0
+        self.progress = check_progress(pick(progress, "progress"))
         self.timeout = timeout
         self.pre_dispatch = pre_dispatch
         self.batch_size = batch_size
@@ -334,7 +343,7 @@ class Parallel:
                     stacklevel=2,
                 )
             n_tasks = len(iterable) if hasattr(iterable, "__len__") else None
-            progress = Progress(repr(self), self.verbose, self._print, n_tasks)
+            progress = Progress(repr(self), self.verbose, self._print, n_tasks, self.progress)
             progress.using(backend.name, n_workers)
             run = CallRun(
                 backend,
@@ -373,7 +382,10 @@ class Parallel:
 def _end(run: CallRun, abort: bool) -> None:
     """Close ``run``; Ctrl-C waits until its workers are stopped and its files removed."""
     with sigint_deferred():
-        run.close(abort=abort)
+        try:
+            run.close(abort=abort)
+        finally:
+            run.progress.close()
 
 
 def _drive(run: CallRun) -> Generator[tuple[int, Any], None, None]:

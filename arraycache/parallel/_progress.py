@@ -1,13 +1,71 @@
-"""joblib-style progress messages for ``Parallel(verbose=...)``."""
+"""Progress of a ``Parallel`` call: joblib's ``verbose`` lines, and a tqdm bar on request.
+
+The bar (``Parallel(progress=True)``) counts completed tasks, against the number of
+tasks when the iterable has a ``len()`` (else once all are dispatched).  tqdm is an
+optional dependency (the ``progress`` extra), imported only when a bar is asked for;
+``tqdm.auto`` gives a widget in notebooks and a text bar in terminals.
+"""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["Progress", "print_message"]
+__all__ = ["Progress", "ProgressWarning", "check_progress", "print_message"]
+
+
+class ProgressWarning(UserWarning):
+    """A progress bar was asked for and cannot be shown (tqdm is not installed)."""
+
+
+# The missing tqdm is said once per process, not at every call of a loop.
+_warned_no_tqdm = [False]
+
+
+def check_progress(value: Any) -> bool | dict[str, Any]:
+    """``progress`` as given to ``Parallel``: a bool, or a dict of tqdm arguments.
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    """
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return dict(value)
+    raise TypeError(
+        "progress must be True, False or a dict of tqdm arguments (e.g. "
+        f"{{'desc': 'fit', 'file': sys.stdout}}), not {value!r}"
+    )
+
+
+def _make_bar(progress: bool | dict[str, Any], total: int | None) -> Any:
+    """A tqdm bar (``tqdm.auto``), or None if none is wanted or tqdm is missing."""
+    if progress is False:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if not _warned_no_tqdm[0]:
+            _warned_no_tqdm[0] = True
+            warnings.warn(
+                "progress=True needs tqdm, which is not installed: the tasks run without "
+                "a progress bar (pip install 'arraycache[progress]', or tqdm)",
+                ProgressWarning,
+                stacklevel=4,
+            )
+        return None
+    options = {"total": total, "unit": "task"}
+    if isinstance(progress, dict):
+        options.update(progress)
+    return tqdm(**options)
 
 
 def _format_time(seconds: float) -> str:
@@ -42,7 +100,9 @@ class Progress:
 
     Like joblib: to stderr, or stdout when ``verbose >= 50``; nothing when 0.  Counts
     are padded to the width of the number of tasks when it is known (``len()`` of the
-    iterable), else to 3.
+    iterable), else to 3.  With ``bar`` (True, or a dict of tqdm arguments) a tqdm bar
+    counts the completed tasks too; :meth:`close` ends it (call it however the call
+    ends).
     """
 
     def __init__(
@@ -51,6 +111,7 @@ class Progress:
         verbose: int,
         writer: Callable[[str], None] | None = None,
         n_tasks: int | None = None,
+        bar: bool | dict[str, Any] = False,
     ) -> None:
         self.name = name
         self.verbose = verbose
@@ -59,6 +120,7 @@ class Progress:
         self._width = len(str(n_tasks)) if n_tasks else 3
         self._writer = writer
         self._batches = 0
+        self._bar = _make_bar(bar, n_tasks)
 
     def write(self, message: str) -> None:
         """Print one message line, prefixed by the runner's name."""
@@ -75,6 +137,8 @@ class Progress:
 
     def batch_done(self, completed: int, dispatched: int, all_dispatched: bool) -> None:
         """Report after a batch completed: ``completed`` tasks of ``dispatched`` so far."""
+        if self._bar is not None:
+            self._advance(completed, dispatched if all_dispatched else None)
         if not self.verbose:
             return
         index = self._batches
@@ -101,9 +165,26 @@ class Progress:
 
     def finished(self, completed: int) -> None:
         """The last line, once every task has completed."""
+        if self._bar is not None:
+            self._advance(completed, completed)
+            self.close()
         elapsed = time.time() - self.start
         w = self._width
         self.write(
             f"Done {completed:{w}d} out of {completed:{w}d} | elapsed: "
             f"{_format_time(elapsed)} finished"
         )
+
+    def _advance(self, completed: int, total: int | None) -> None:
+        bar = self._bar
+        if total is not None and bar.total != total:
+            bar.total = total  # the iterable had no len(): known once all are dispatched
+            bar.refresh()
+        if completed > bar.n:
+            bar.update(completed - bar.n)
+
+    def close(self) -> None:
+        """End the bar, if any, where it stands (an error or interrupt leaves it short)."""
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.close()

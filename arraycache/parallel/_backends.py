@@ -69,6 +69,9 @@ class ParallelBackend:
         :meth:`abort` would stop the tasks of other calls too.
     default_n_jobs : int
         Workers used when neither ``Parallel`` nor ``parallel_config`` sets ``n_jobs``.
+    kept_by_config : bool
+        ``parallel_config(backend=name, ...)`` makes one instance and every ``Parallel``
+        of the block uses it (as joblib does), instead of a fresh one each.
     """
 
     uses_processes = False
@@ -78,6 +81,7 @@ class ParallelBackend:
     reports_running = False
     shared_workers = False
     default_n_jobs = 1
+    kept_by_config = False
     #: Name shown in verbose messages.
     name = "backend"
 
@@ -103,6 +107,19 @@ class ParallelBackend:
     def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
         """Start ``fn(*args)`` and return its future."""
         raise NotImplementedError
+
+    def call_channel(
+        self, max_nbytes: int | None, mmap_mode: str | None, max_shared_bytes: Any,
+        timeout: float | None,
+    ) -> Any:
+        """How one call sends its batches, for a backend that ships them its own way.
+
+        None (the default): batches go through :meth:`submit`.  Otherwise an object
+        with ``send(first, tasks, nesting_limit) -> concurrent.futures.Future`` (whose
+        result is what ``_pickling.run_batch_in_worker`` returns) and ``close(abort)``,
+        made for each call with the call's ``Parallel`` settings.
+        """
+        return None
 
     def batch_sizer(self) -> Any:
         """The rule for ``batch_size='auto'``: an object with ``size`` and ``record()``."""
@@ -436,6 +453,13 @@ class MultiprocessingBackend(ParallelBackend):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def dask_backend(**kwargs: Any) -> ParallelBackend:
+    """The ``'dask'`` backend (``_dask``), imported on first use: dask is an optional extra."""
+    from ._dask import make_dask_backend
+
+    return make_dask_backend(**kwargs)
+
+
 BACKENDS.update(
     sequential=SequentialBackend,
     threading=ThreadingBackend,
@@ -444,3 +468,4 @@ BACKENDS.update(
 )
 #: The backend classes of arraycache (their constructors take keyword options only).
 BUILTIN_BACKENDS = frozenset(BACKENDS.values())
+BACKENDS["dask"] = dask_backend

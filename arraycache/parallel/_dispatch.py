@@ -127,6 +127,10 @@ class CallRun:
         self._sharing: CallSharing | None = None
         self._spec: ResultSpec | None = None
         self._call_folders: list[str] = []
+        # A backend that ships pickled batches its own way (dask): see call_channel.
+        self._channel: Any = None
+        if not backend.uses_processes and not self._sequential:
+            self._channel = backend.call_channel(max_nbytes, mmap_mode, max_shared_bytes, timeout)
         if backend.uses_processes:
             bound = {} if max_shared_bytes is UNSET else {"max_shared_bytes": max_shared_bytes}
             self._sharing = CallSharing(max_nbytes, mmap_mode, temp_folder, **bound)
@@ -212,6 +216,14 @@ class CallRun:
             self._submit(first, tasks)
 
     def _submit(self, first: int, tasks: list[Task]) -> None:
+        if self._channel is not None:
+            started = None
+            if self._clock is not None and self._clock.kind == "slots":
+                started = time.monotonic() if len(self._inflight) < self.n_workers else None
+            self._inflight[self._channel.send(first, tasks, self._nesting)] = (
+                first, len(tasks), started,
+            )
+            return
         if self._sharing is not None:
             assert self._spec is not None
             payload = dumps_batch(tasks, first, self._sharing.reference, self._spec, self._nesting)
@@ -278,13 +290,16 @@ class CallRun:
             ) from exc
         except ShutdownExecutorError as exc:
             raise _shut_down(first, n) from exc
-        if self._sharing is not None:
+        pickled = self._sharing is not None or self._channel is not None
+        if pickled:
             results, error, duration = loads_results(outcome)
         else:
             results, error, duration = outcome
         if error is not None:
             position, exc, text = error
-            if text and exc.__traceback__ is None:  # it crossed a process boundary
+            # Crossed a process boundary (tblib, imported by distributed, may pickle
+            # tracebacks too: a traceback does not prove the exception stayed here).
+            if text and (pickled or exc.__traceback__ is None):
                 exc.add_note(
                     f"\nThe exception above was raised in a worker, in task {first + position}:"
                     f"\n{text.rstrip()}"
@@ -378,6 +393,8 @@ class CallRun:
                 _LIVE_RUNS.discard(self)
             if self._sharing is not None:
                 self._sharing.close()
+            if self._channel is not None:
+                self._channel.close(abort)
             for folder in self._call_folders:
                 shutil.rmtree(folder, ignore_errors=True)
             if self._stop_backend:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import functools
-import importlib.util
 import multiprocessing
 import queue
 import sys
@@ -27,11 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ._backends import ParallelBackend
-from ._config import BACKENDS, nesting_limit
+from ._config import nesting_limit
 
 __all__ = [
     "JoblibBackendAdapter",
-    "dask_backend_factory",
     "is_joblib_backend",
     "joblib_registered",
 ]
@@ -61,28 +59,9 @@ def joblib_registered(name: str) -> Callable[..., Any] | None:
         return None
     backends = getattr(module, "BACKENDS", {})
     register = getattr(module, "EXTERNAL_BACKENDS", {}).get(name)
-    if name not in backends and register is not None and name != "dask":
+    if name not in backends and register is not None:
         register()
     return backends.get(name)
-
-
-def dask_backend_factory() -> Callable[..., Any]:
-    """joblib's dask backend when dask.distributed and joblib are installed, else a clear error."""
-    if importlib.util.find_spec("distributed") is None:
-        raise ValueError(
-            "backend 'dask' runs tasks on a dask.distributed cluster, and dask.distributed is "
-            "not installed. Please install dask and distributed: "
-            "pip install 'arraycache[dask]'"
-        )
-    try:
-        from joblib._dask import DaskDistributedBackend
-    except ImportError:
-        raise ValueError(
-            "backend 'dask' is not built into arraycache yet; it runs joblib's dask backend, "
-            "which needs joblib: pip install joblib"
-        ) from None
-    BACKENDS["dask"] = DaskDistributedBackend
-    return DaskDistributedBackend
 
 
 def _is_class(obj: Any, name: str) -> bool:

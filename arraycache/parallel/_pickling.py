@@ -25,7 +25,7 @@ from ._config import set_nesting_limit
 from ._errors import RemoteTaskError, TaskPicklingError
 from ._sharing import Reference, ResultSpec, open_reference, result_reference
 
-__all__ = ["dumps_batch", "loads_results", "run_batch_in_worker"]
+__all__ = ["ArrayReducer", "dumps_batch", "loads_results", "run_batch_in_worker"]
 
 Task = tuple[Callable[..., Any], tuple, dict]
 
@@ -34,10 +34,16 @@ def _plain(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+#: What a sender makes of an array: a file reference, a reduce value of its own (a
+#: ``(callable, args)`` tuple, e.g. a key of data scattered to a dask cluster), or None
+#: to pickle the bytes.
+ArrayReducer = Callable[[np.ndarray], "Reference | tuple | None"]
+
+
 class _ArrayPickler(cloudpickle.Pickler):
     """cloudpickle, with ndarrays/memmaps turned into :class:`Reference` when asked to."""
 
-    def __init__(self, file: io.BytesIO, reference: Callable[[np.ndarray], Reference | None]):
+    def __init__(self, file: io.BytesIO, reference: ArrayReducer):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._reference = reference
 
@@ -48,16 +54,33 @@ class _ArrayPickler(cloudpickle.Pickler):
         if kind is np.ndarray or kind is np.memmap:
             ref = self._reference(obj)
             if ref is not None:
-                return open_reference, (ref,)
+                return ref if type(ref) is tuple else (open_reference, (ref,))
             if kind is np.memmap:
                 # A memmap that is not passed by reference arrives as a plain array.
                 return _plain, (obj.view(np.ndarray),)
         return super().reducer_override(obj)
 
 
-def _dumps(obj: Any, reference: Callable[[np.ndarray], Reference | None]) -> bytes:
+class _ObjectPickler(_ArrayPickler):
+    """:class:`_ArrayPickler` that also lets ``objects`` replace any object it knows."""
+
+    def __init__(self, file: io.BytesIO, reference: ArrayReducer,
+                 objects: Callable[[Any], tuple | None]):
+        super().__init__(file, reference)
+        self._objects = objects
+
+    def reducer_override(self, obj: Any) -> Any:
+        reduced = self._objects(obj)
+        return reduced if reduced is not None else super().reducer_override(obj)
+
+
+def _dumps(obj: Any, reference: ArrayReducer,
+           objects: Callable[[Any], tuple | None] | None = None) -> bytes:
     buffer = io.BytesIO()
-    _ArrayPickler(buffer, reference).dump(obj)
+    if objects is None:
+        _ArrayPickler(buffer, reference).dump(obj)
+    else:
+        _ObjectPickler(buffer, reference, objects).dump(obj)
     return buffer.getvalue()
 
 
@@ -93,11 +116,15 @@ def _tasks(first: int, last: int) -> str:
 def dumps_batch(
     tasks: list[Task],
     first_index: int,
-    reference: Callable[[np.ndarray], Reference | None],
+    reference: ArrayReducer,
     results: ResultSpec,
     nesting_limit: int,
+    objects: Callable[[Any], tuple | None] | None = None,
 ) -> bytes:
     """Pickle a batch for a worker process.
+
+    ``reference`` decides how each array goes (see :data:`ArrayReducer`); ``objects``,
+    if given, may replace any other object by a reduce value of its own.
 
     Raises
     ------
@@ -105,7 +132,7 @@ def dumps_batch(
         Naming the task and the argument that cannot be pickled.
     """
     try:
-        return _dumps((nesting_limit, results, first_index, tasks), reference)
+        return _dumps((nesting_limit, results, first_index, tasks), reference, objects)
     except Exception as exc:
         raise TaskPicklingError(_culprit(tasks, first_index, exc)) from exc
 

@@ -13,12 +13,7 @@ from typing import Any
 from ._backends import BUILTIN_BACKENDS, MultiprocessingBackend, ParallelBackend
 from ._config import BACKENDS
 from ._errors import BackendParameterError
-from ._joblib_backends import (
-    JoblibBackendAdapter,
-    dask_backend_factory,
-    is_joblib_backend,
-    joblib_registered,
-)
+from ._joblib_backends import JoblibBackendAdapter, is_joblib_backend, joblib_registered
 
 __all__ = ["check_backend_spec", "make_backend"]
 
@@ -35,8 +30,6 @@ def _factory(name: str) -> Callable[..., Any]:
     factory = BACKENDS.get(name)
     if factory is not None:
         return factory
-    if name == "dask":
-        return dask_backend_factory()
     factory = joblib_registered(name)
     if factory is not None:
         return factory
@@ -51,14 +44,15 @@ def check_backend_spec(
     """Validate a ``parallel_config`` backend; return what to keep: (spec, kwargs).
 
     Our own backends are kept by name (each ``Parallel`` makes a fresh one, so that two
-    of them never share a pool); a backend written for joblib is made once, as joblib
-    does, and kept as an instance.
+    of them never share a pool); a backend written for joblib, or one of ours that says
+    so (``kept_by_config``: 'dask', whose ``scatter=`` is sent once), is made once, as
+    joblib does, and kept as an instance.
     """
     if isinstance(backend, str):
         if inner_max_num_threads is not None:
             params = {**params, "inner_max_num_threads": inner_max_num_threads}
         made = _call_factory(_factory(backend), backend, params)
-        if isinstance(made, ParallelBackend):
+        if isinstance(made, ParallelBackend) and not made.kept_by_config:
             return backend, params
         return made, {}
     if params:

@@ -333,6 +333,9 @@ class ResultSpec:
     temp_folder: str | None
     call_folders: dict[str, str]
     """Root -> call folder under the caller's process folder there (made on demand)."""
+    same_host: bool = True
+    """The worker shares the caller's files; if not (a dask cluster), results are pickled
+    whole, memmaps included."""
 
 
 def result_reference(arr: np.ndarray, spec: ResultSpec) -> Reference | None:
@@ -342,7 +345,7 @@ def result_reference(arr: np.ndarray, spec: ResultSpec) -> Reference | None:
     If no call folder takes it (full, read-only), the result goes through the pipe:
     slower, but it arrives, as with joblib.
     """
-    if arr.dtype.hasobject or arr.size == 0:
+    if arr.dtype.hasobject or arr.size == 0 or not spec.same_host:
         return None
     mode = "r+" if spec.mode == "w+" else spec.mode
     ref = file_reference(arr, mode)

@@ -112,6 +112,8 @@ def test_indexes_and_labels_round_trip_exactly(location, mmap_mode, compress):
         "none-and-nan-labels": pd.DataFrame(values, columns=pd.Index([None, np.nan, "z"],
                                                                      dtype=object)),
         "duplicate-labels": pd.DataFrame(values, columns=["a", "a", "b"]),
+        # A 2-d array taken without a copy: one F-ordered block, stored and mapped as such.
+        "f-ordered-block": pd.DataFrame(values.astype(np.float32), copy=False),
         "str-index": pd.DataFrame(values, index=pd.Index([f"r{i}é" for i in range(n)])),
         "object-index": pd.DataFrame(values, index=pd.Index([f"r{i}" for i in range(n)],
                                                             dtype=object, name="o")),
@@ -141,6 +143,8 @@ def test_indexes_and_labels_round_trip_exactly(location, mmap_mode, compress):
         assert_same_frame(produce(key), expected)
     assert calls == list(results)
     assert all(m["skeleton"] == "json" for m in entry_meta(location))
+    (block,) = produce("f-ordered-block")._mgr.blocks
+    assert block.values.flags.f_contiguous and not block.values.flags.c_contiguous
 
 
 @pytest.mark.parametrize("mmap_mode, compress", MODES)

@@ -63,6 +63,7 @@ from .store import (
     _HOST,
     _TMP,
     _TRASH,
+    FORMAT_VERSION,
     EntryInfo,
     EntryLock,
     Store,
@@ -211,19 +212,10 @@ class RemoteStore(Store):
     def __init__(self, location: str, storage_options: dict[str, Any] | None = None,
                  local_cache: str | os.PathLike | None = None, create: bool = True) -> None:
         check_protocol(location)
-        from zarr.storage import FsspecStore
-
         self._location = location.rstrip("/")
         self.storage_options = dict(storage_options or {})
-        try:
-            self.zarr_store = FsspecStore.from_url(self._location,
-                                                   storage_options=self.storage_options)
-        except (ImportError, TypeError, ValueError):
-            raise  # a missing package or a bad option: the user's to fix
-        except Exception as exc:
-            raise OSError(f"cannot open {self._location}: {exc}") from exc
-        self.fs = self.zarr_store.fs
-        self.root = PurePosixPath(self.zarr_store.path or "/")
+        self._open()
+        self.root = PurePosixPath(self._zarr_store.path or "/")
         protocol = self._location.split("::")[-1].split("://", 1)[0]
         self.local = local_folder(self._location,
                                   _endpoint(protocol, self.fs, self.storage_options))
@@ -238,10 +230,35 @@ class RemoteStore(Store):
         if create and not self.is_cache():
             with contextlib.suppress(FileExistsError):
                 self._create(self.root / _MARKER,
-                             json.dumps({"format_version": _format_version()}).encode())
+                             json.dumps({"format_version": FORMAT_VERSION}).encode())
 
     def __repr__(self) -> str:
         return f"RemoteStore({self._location!r})"
+
+    def _open(self) -> None:
+        from zarr.storage import FsspecStore
+
+        try:
+            self._zarr_store = FsspecStore.from_url(self._location,
+                                                    storage_options=self.storage_options)
+        except (ImportError, TypeError, ValueError):
+            raise  # a missing package or a bad option: the user's to fix
+        except Exception as exc:
+            raise OSError(f"cannot open {self._location}: {exc}") from exc
+        self._pid = os.getpid()
+
+    @property
+    def zarr_store(self) -> Any:
+        """zarr's ``FsspecStore`` of the location (opened again in a forked child: the
+        parent's connections belong to the parent's event loop)."""
+        if self._pid != os.getpid():
+            self._open()
+        return self._zarr_store
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system (async) under :attr:`zarr_store`."""
+        return self.zarr_store.fs
 
     # --- names -----------------------------------------------------------------------------
 
@@ -272,9 +289,13 @@ class RemoteStore(Store):
     # --- small objects ---------------------------------------------------------------------
 
     def _get(self, path: PurePosixPath) -> bytes | None:
+        from zarr.abc.store import OffsetByteRequest
         from zarr.core.buffer import default_buffer_prototype
 
-        buffer = _run(lambda: self.zarr_store.get(self._key(path), default_buffer_prototype()))
+        # A range from 0 is one GET; a whole-object read is a HEAD (for its size) and a
+        # GET with s3fs: the hit path pays one round trip, not two.
+        buffer = _run(lambda: self.zarr_store.get(self._key(path), default_buffer_prototype(),
+                                                  OffsetByteRequest(0)))
         return None if buffer is None else buffer.to_bytes()
 
     def _put(self, path: PurePosixPath, data: bytes) -> None:
@@ -395,7 +416,7 @@ class RemoteStore(Store):
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             same, manifest = False, None
-        if same and manifest["boot"] == boot:
+        if same and manifest.get("boot") == boot:
             return copy
         if same and not persistence.verify(copy, meta):  # first use after a reboot
             manifest["boot"] = boot
@@ -621,7 +642,7 @@ class RemoteStore(Store):
 
         async def read(path: PurePosixPath) -> Any:
             try:
-                return await self.fs._cat_file(str(path / _META))
+                return await self.fs._cat_file(str(path / _META), start=0)
             except Exception as exc:  # gone meanwhile, or unreadable: listed bare
                 return exc
 
@@ -716,12 +737,6 @@ class _Survey:
         """Entries with their ``zarr.json``."""
         self.other: list[str] = []
         """Objects that are not inside an entry (markers, code.json, claims)."""
-
-
-def _format_version() -> int:
-    from .store import FORMAT_VERSION
-
-    return FORMAT_VERSION
 
 
 def _mtime(info: dict[str, Any]) -> float:

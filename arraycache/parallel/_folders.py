@@ -4,10 +4,15 @@ Lifetime (the choice, and why):
 
 - One *process folder* per filesystem root (``/dev/shm``, the temp dir, or a
   ``temp_folder``), named ``arraycache-<pid>-<random>``, created when a call first
-  needs that root and removed at interpreter exit (``atexit`` and
-  ``weakref.finalize``).  It must outlive a single ``Parallel`` call, because an
-  array written for one call is reused by later calls (files are named by content
-  digest); what it keeps is bounded by ``_sharing``.
+  needs that root.  It outlives a single ``Parallel`` call, because an array written
+  for one call is reused by later calls (files are named by content digest); what it
+  keeps is bounded by ``_pool``.  In ``/dev/shm`` and the temp dir it stays until
+  interpreter exit (``atexit`` and ``weakref.finalize``), ready for the next call.
+  Under a ``temp_folder`` given by the user it goes (with its lock file) as soon as
+  nothing uses it: no call has it reserved (:meth:`ProcessFolders.reserve` /
+  :meth:`~ProcessFolders.release`) and no file is left in it (files are removed
+  through :meth:`~ProcessFolders.discard`, which removes the folder after the last
+  one), as joblib leaves nothing in a ``temp_folder`` after a call.
 - One *call folder* per call and root, ``<process folder>/call-<random>``, where
   workers write large results; it is removed when the call ends (success, error,
   interrupt, generator closed or collected).  Results handed to the caller are
@@ -26,6 +31,7 @@ Folders are 0700 and files 0600: other users cannot read what tasks receive.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import errno
 import fcntl
@@ -37,6 +43,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 
 import psutil
 
@@ -242,41 +249,140 @@ def _remove_all(paths: dict[str, str], locks: dict[str, int]) -> None:
     locks.clear()
 
 
+def _owned(path: str) -> bool:
+    """True if the process folder ``path`` was made by this process (not a fork parent)."""
+    match = _NAME.match(os.path.basename(path))
+    return match is not None and int(match.group(1)) == os.getpid()
+
+
+def _kept_roots() -> tuple[str, ...]:
+    """Roots whose process folder stays between calls (not a user's ``temp_folder``)."""
+    return (SHM, tempfile.gettempdir())
+
+
 class ProcessFolders:
-    """The process folders of this process, one per root, created on demand."""
+    """The process folders of this process, one per root, created on demand.
+
+    Calls count their uses of a root with :meth:`reserve` and :meth:`release`, and
+    remove the files they wrote there with :meth:`discard`: a folder under a user's
+    ``temp_folder`` goes when the last use ends.  :meth:`release` and :meth:`discard`
+    may run in garbage-collector callbacks (a memmap's finalizer), maybe while this
+    thread is inside another method: they never wait for the lock, they leave their
+    news for whoever holds it.
+    """
 
     def __init__(self) -> None:
         self._paths: dict[str, str] = {}
         self._locks: dict[str, int] = {}
         self._lock = threading.Lock()
         self._cleaned: set[str] = set()
+        # Root -> calls using it now (reserve() minus release()).
+        self._users: dict[str, int] = {}
+        # ("release", root) or ("check", folder), applied under the lock.
+        self._news: collections.deque[tuple[str, str]] = collections.deque()
         self._finalizer = weakref.finalize(self, _remove_all, self._paths, self._locks)
         atexit.register(self._finalizer)
 
+    # --- locking with news from callbacks ---
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            with self._lock:
+                try:
+                    yield
+                finally:
+                    self._apply_news()
+        finally:
+            # News left, while we held the lock, by a callback that could not take it.
+            self._take_news()
+
+    def _take_news(self) -> None:
+        while self._news and self._lock.acquire(blocking=False):
+            try:
+                self._apply_news()
+            finally:
+                self._lock.release()
+
+    def _apply_news(self) -> None:
+        while self._news:
+            kind, value = self._news.popleft()
+            if kind == "release":
+                users = self._users.get(value, 0) - 1
+                if users > 0:
+                    self._users[value] = users
+                    continue
+                self._users.pop(value, None)
+                self._remove_if_unused(value)
+            else:
+                for root, path in self._paths.items():
+                    if path == value:
+                        self._remove_if_unused(root)
+                        break
+
+    def _remove_if_unused(self, root: str) -> None:
+        """Remove the folder under a user's ``root`` if no call uses it and it is empty."""
+        path = self._paths.get(root)
+        if path is None or self._users.get(root) or root in _kept_roots() or not _owned(path):
+            return
+        try:
+            os.rmdir(path)  # fails, harmlessly, while a file or call folder is in it
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        del self._paths[root]
+        fd = self._locks.pop(root, None)
+        if fd is not None and fd >= 0:
+            # The lock goes last: while it exists, the folder is not orphaned.
+            with contextlib.suppress(OSError):
+                os.unlink(path + LOCK_SUFFIX)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # --- public ---
+
     def folder(self, root: str) -> str:
         """The process folder under ``root``, made (0700, with its held lock) if missing.
+
+        For writing during a call that holds a :meth:`reserve` of ``root``.
 
         Raises
         ------
         OSError
             If it cannot be made (read-only or full file system, no permission).
         """
-        with self._lock:
+        with self._locked():
             path = self._name(root)
             self._make(root, path)
             return path
 
     def reserve(self, root: str) -> str:
-        """The process folder under ``root``; made now if possible, never raises.
+        """Count one more call using ``root``; its process folder, made now if possible.
 
-        Workers create their call folders inside it, so it is made (with its lock)
-        here, by its owner: a folder made without a lock could never be proven dead.
+        Never raises.  Workers create their call folders inside it, so it is made (with
+        its lock) here, by its owner: a folder made without a lock could never be
+        proven dead.  Each reserve is undone by one :meth:`release` when the call ends
+        (one never released keeps a ``temp_folder``'s folder until exit).
         """
-        with self._lock:
+        with self._locked():
+            self._users[root] = self._users.get(root, 0) + 1
             path = self._name(root)
             with contextlib.suppress(OSError):
                 self._make(root, path)
             return path
+
+    def release(self, root: str) -> None:
+        """Undo one :meth:`reserve` of ``root`` (its call has ended, files removed)."""
+        self._news.append(("release", root))
+        self._take_news()
+
+    def discard(self, path: str) -> None:
+        """Remove the file ``path`` (missing: fine); then its process folder, if unused."""
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        self._news.append(("check", os.path.dirname(path)))
+        self._take_news()
 
     def _name(self, root: str) -> str:
         path = self._paths.get(root)
@@ -298,18 +404,18 @@ class ProcessFolders:
                     raise
                 # A file system without flock (some NFS setups): share anyway, with no
                 # lock file; the folder is then never swept by others (it cannot be
-                # proven dead), only removed by us at exit.
+                # proven dead), only removed by us when unused or at exit.
                 self._locks[root] = -1
         if not os.path.isdir(path):
             make_private_dir(path)
 
     def existing(self) -> list[str]:
-        """Process folders named so far."""
+        """Process folders named so far (and not removed since)."""
         return list(self._paths.values())
 
     def remove(self) -> None:
         """Remove every process folder now (files in use stay mapped until unmapped)."""
-        with self._lock:
+        with self._locked():
             _remove_all(self._paths, self._locks)
 
     def remove_root(self, root: str) -> None:
@@ -318,7 +424,7 @@ class ProcessFolders:
         For a ``temp_folder`` that is about to be unmounted; a later call that writes
         there makes a new folder.
         """
-        with self._lock:
+        with self._locked():
             paths = {root: self._paths.pop(root)} if root in self._paths else {}
             locks = {root: self._locks.pop(root)} if root in self._locks else {}
             _remove_all(paths, locks)

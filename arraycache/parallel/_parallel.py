@@ -25,6 +25,7 @@ from ._config import (
     nesting_limit,
 )
 from ._dispatch import CallRun
+from ._folders import FOLDERS, pick_root
 from ._interrupts import sigint_deferred
 from ._progress import Progress, check_progress, print_message
 from ._resolve import make_backend
@@ -150,9 +151,12 @@ class Parallel:
     Arrays written for a call stay in a private folder of this process
     (``arraycache-<pid>-<random>``, mode 0700) as long as the array they come from
     lives, so a later call with the same array does not write it again; large results
-    live as long as the returned arrays.  An exception raised by a task is re-raised
-    with its type; when it happened in a worker process, the worker's traceback is
-    attached as a note.
+    live as long as the returned arrays.  In a ``temp_folder`` of yours, that folder
+    and its ``.lock`` file go as soon as nothing in them is used any more (after the
+    call, or after the ``with`` block), as with joblib; in ``/dev/shm`` and the
+    temporary directory the folder stays, empty, for later calls, until the process
+    exits.  An exception raised by a task is re-raised with its type; when it happened
+    in a worker process, the worker's traceback is attached as a note.
 
     Examples
     --------
@@ -228,6 +232,7 @@ class Parallel:
             n_jobs = self._backend.default_n_jobs
         self.n_jobs = _as_n_jobs(n_jobs)
         self._managed = False
+        self._reserved_root: str | None = None
         self._running: weakref.ref | None = None
         self._lock = threading.Lock()
 
@@ -274,12 +279,22 @@ class Parallel:
 
     def __enter__(self) -> Parallel:
         self._managed = True
-        self._configure()
+        backend, _ = self._configure()
+        if self.temp_folder is not None and backend.uses_processes:
+            # As joblib's: the sharing folder in a temp_folder lasts as long as the block
+            # (its copies stay there for the block's calls), and goes after it.
+            self._reserved_root = pick_root(0, self.temp_folder)
+            FOLDERS.reserve(self._reserved_root)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._managed = False
-        self._backend.stop()
+        try:
+            self._backend.stop()
+        finally:
+            root, self._reserved_root = self._reserved_root, None
+            if root is not None:
+                FOLDERS.release(root)
 
     def _print(self, msg: str) -> None:
         """Print a progress message (override to send them elsewhere)."""

@@ -13,6 +13,4 @@ def workloads() -> dict[str, Workload]:
                *parallel.WORKLOADS, *dask_bench.WORKLOADS, *sklearn.WORKLOADS]
     from . import remote_bench  # S3 store and hits (arraycache only)
     ordered += remote_bench.WORKLOADS
-    from . import remote_bench  # S3 store and hits (arraycache only)
-    ordered += remote_bench.WORKLOADS
     return {w.name: w for w in ordered}

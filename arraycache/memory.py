@@ -55,7 +55,9 @@ class Memory:
     lock_timeout : float or None
         While one process computes an entry, others that miss it wait up to this
         many seconds for its result instead of computing it again (a lock whose
-        holder died is taken over at once).  None: never wait, always compute.
+        holder died is taken over at once).  None: never wait, always compute.  For
+        a URL location the lock is per machine: two machines both compute, one
+        publishes, and the entry is one writer's whole result.
     trust_foreign_pickles : bool
         Results that need pickle (anything beyond arrays, numbers, strings and plain
         containers) are only unpickled from files you own, because unpickling runs
@@ -259,6 +261,8 @@ class Memory:
             recorded compute time of every hit), for the whole location, and the same
             per function under ``functions`` (keyed by ``module/qualname``).
             Counters survive until :meth:`clear`; entries and bytes follow the disk.
+            For a URL location the counters are this machine's (kept in a local
+            folder keyed by the URL); entries and bytes follow the bucket.
         """
         store = self._store()
         functions = store.stats() if store is not None else {}

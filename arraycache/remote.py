@@ -29,7 +29,8 @@ Compute locks are local: processes of one machine wait for each other (an
 wins.  Bookkeeping (hits, misses, last access, running size) lives in a local
 folder keyed by the URL and endpoint, ``$XDG_CACHE_HOME/arraycache/remote/<id>/``
 (``~/.cache`` by default): statistics and least-recently-used order are this
-machine's view, entries and sizes come from the bucket.
+machine's view, entries and sizes come from the bucket (an enforced ``bytes_limit``
+counts what this machine stored or last listed; ``reduce_size`` lists the bucket).
 
 Reading: a remote entry is downloaded to a local folder and read there.  Without
 ``local_cache`` the folder is temporary and the arrays are loaded into memory (and
@@ -228,9 +229,13 @@ class RemoteStore(Store):
         # neither the bucket nor other machines.
         self.mmap_modes = frozenset({"r", "c"}) if self.local_cache else frozenset()
         if create and not self.is_cache():
-            with contextlib.suppress(FileExistsError):
+            try:
                 self._create(self.root / _MARKER,
                              json.dumps({"format_version": FORMAT_VERSION}).encode())
+            except FileExistsError:
+                pass
+            except OSError as exc:  # e.g. a read-only bucket: its entries can still be read
+                logger.debug("cannot write %s/%s: %s", self._location, _MARKER, exc)
 
     def __repr__(self) -> str:
         return f"RemoteStore({self._location!r})"

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -187,6 +188,16 @@ async def _bounded(func: Callable[..., Awaitable[Any]], calls: Iterable[tuple]) 
     return list(await asyncio.gather(*(one(a) for a in calls)))
 
 
+def _takes_mode(fs: Any) -> bool:
+    """Whether ``fs._pipe_file`` has fsspec's ``mode`` (``"create"``: exclusive); an
+    older s3fs passes unknown keywords on to S3 and would fail every write."""
+    try:
+        parameters = inspect.signature(fs._pipe_file).parameters
+    except (TypeError, ValueError):
+        return False
+    return "mode" in parameters
+
+
 def _local_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
@@ -320,8 +331,12 @@ class RemoteStore(Store):
         """
         from zarr.core.sync import sync
 
+        fs = self.fs
+        if not _takes_mode(fs):
+            _run(lambda: fs._pipe_file(str(path), data))
+            return False
         try:
-            sync(self.fs._pipe_file(str(path), data, mode="create"))
+            sync(fs._pipe_file(str(path), data, mode="create"))
         except (NotImplementedError, TypeError):
             _run(lambda: self.fs._pipe_file(str(path), data))
             return False

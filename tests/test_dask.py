@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def wait_until(predicate, seconds: float = 20) -> bool:
 # --- running, in order --------------------------------------------------------------------------
 
 
-def test_results_come_back_in_order_from_the_worker_processes(client):
+def test_results_come_back_in_order_from_the_worker_processes(client, scheduler):
     worker_pids = set(client.run(os.getpid).values())
     # Early tasks sleep longest, so that they complete last.
     with parallel_config(backend="dask", client=client):
@@ -204,6 +205,8 @@ def test_results_come_back_in_order_from_the_worker_processes(client):
     assert [i for i, _ in places] == list(range(40))
     assert {pid for _, pid in places} <= worker_pids
     assert os.getpid() not in worker_pids
+    # The batches' results are released on the cluster once read.
+    assert wait_until(lambda: batch_keys(scheduler, "where") == [])
 
 
 def test_the_current_client_is_used_and_its_absence_is_explained(client):
@@ -358,6 +361,19 @@ def test_max_shared_bytes_zero_keeps_nothing_after_a_call(client, scheduler):
     assert wait_until(lambda: array_keys(scheduler, array_digest(x)) == [])
 
 
+def test_the_bound_drops_the_least_recently_used_arrays_first(client, scheduler):
+    a, b, c = (np.full(N, float(i)) for i in range(3))
+    with parallel_config(backend="dask", client=client, max_shared_bytes=2 * a.nbytes + 1):
+        for arr in (a, b, a, c):  # a used again: b is the least recently used
+            assert Parallel()(delayed(element)(arr, 0) for _ in range(2)) == [
+                (float(arr[0]), False)
+            ] * 2
+    digests = [array_digest(arr) for arr in (a, b, c)]
+    assert wait_until(lambda: array_keys(scheduler, digests[1]) == [])
+    assert len(array_keys(scheduler, digests[0])) == 1
+    assert len(array_keys(scheduler, digests[2])) == 1
+
+
 def test_scattered_arrays_carry_their_digest_into_tasks(client):
     rng = np.random.default_rng(2)
     c_order = rng.random(N)
@@ -502,8 +518,19 @@ def test_backend_options_are_checked(client):
         parallel_config(backend="dask", client=client, inner_max_num_threads=2)
     with pytest.raises(TypeError, match="unknown option"):
         parallel_config(backend="dask", client=client, no_such_option=1)
+    with pytest.raises(TypeError, match="'pure'"):
+        parallel_config(backend="dask", client=client, pure=True)
     with pytest.raises(TypeError, match=r"client must be a distributed\.Client"):
         parallel_config(backend="dask", client="tcp://nowhere:1")
     # client.submit options are passed on.
     with parallel_config(backend="dask", client=client, priority=10, retries=1):
         assert Parallel()(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
+def test_without_distributed_the_error_names_the_extra(monkeypatch):
+    # find_spec sees no distributed (None in sys.modules): as when it is not installed.
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ValueError, match=r"pip install 'arraycache\[dask\]'"):
+        parallel_config(backend="dask")
+    with pytest.raises(ValueError, match="Please install dask"):
+        Parallel(backend="dask")

@@ -489,7 +489,7 @@ class DaskBackend(ParallelBackend):
         if scatter is not None and not isinstance(scatter, (list, tuple)):
             raise TypeError(f"scatter must be a list or a tuple, not {type(scatter).__name__}")
         allowed = set(inspect.signature(distributed.Client.submit).parameters)
-        unknown = sorted(set(submit_kwargs) - (allowed - {"self", "func", "args", "key"}))
+        unknown = sorted(set(submit_kwargs) - (allowed - {"self", "func", "args", "key", "pure"}))
         if unknown:
             raise TypeError(
                 f"backend 'dask': unknown option(s) {', '.join(map(repr, unknown))}; options "
@@ -670,11 +670,15 @@ class DaskChannel:
             self._waiting[key] = future
         else:
             future.set_running_or_notify_cancel()
-        dask_future = self.client.submit(
-            run_scattered_batch, payload, data, self._topic, self._main_script, key=key,
-            pure=False,
-            **self._submit_kwargs,
-        )
+        try:
+            dask_future = self.client.submit(
+                run_scattered_batch, payload, data, self._topic, self._main_script, key=key,
+                pure=False, **self._submit_kwargs,
+            )
+        except BaseException:
+            if self._waiting is not None:
+                self._waiting.pop(key, None)
+            raise
         self._futures[key] = dask_future
         future.add_done_callback(functools.partial(self._done, key))
         dask_future.add_done_callback(functools.partial(_collect, future))

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -229,10 +230,11 @@ def test_generator_yields_in_order(client):
 
 
 def test_unordered_generator_yields_as_tasks_complete(client):
-    event = distributed.Event("arraycache-test-go", client=client)
+    name = f"arraycache-test-go-{uuid.uuid4().hex}"
+    event = distributed.Event(name, client=client)
     with parallel_config(backend="dask", client=client):
         gen = Parallel(return_as="generator_unordered", batch_size=1)(
-            delayed(wait_for_event)(i, "arraycache-test-go") for i in range(6)
+            delayed(wait_for_event)(i, name) for i in range(6)
         )
         first = next(gen)
         event.set()
@@ -282,12 +284,12 @@ def test_an_exception_keeps_its_type_and_the_remote_traceback(client):
 
 def test_timeout_counts_from_when_a_batch_starts(client, tmp_path):
     with parallel_config(backend="dask", client=client):
-        # 8 batches of 0.5 s on 2 workers: the last ones wait ~1.5 s in the queue, more
-        # than the timeout, but each runs 0.5 s.
-        squares = Parallel(batch_size=1, pre_dispatch="all", timeout=1.2)(
-            delayed(slow_square)(i, 0.5) for i in range(8)
+        # 12 batches of 0.5 s on 2 workers: the last ones end ~3 s after they were sent,
+        # more than the timeout, but each runs 0.5 s.
+        squares = Parallel(batch_size=1, pre_dispatch="all", timeout=2.0)(
+            delayed(slow_square)(i, 0.5) for i in range(12)
         )
-        assert squares == [i * i for i in range(8)]
+        assert squares == [i * i for i in range(12)]
         stop = tmp_path / "stop"
         start = time.monotonic()
         with pytest.raises(ParallelTimeoutError, match=r"did not finish within timeout=0\.5"):

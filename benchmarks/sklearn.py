@@ -18,9 +18,10 @@ memory, USS, PSS; /dev/shm growth):
 
 - ``written_mb``: bytes this process and its workers passed to write(2) during the call
   (files in /dev/shm or the temp dir, and pipes), from ``psutil``'s ``write_chars``;
-- ``shared_files_mb``: bytes of the files that appeared or grew in the sharing folders
-  (joblib's ``joblib_memmapping_folder_*`` and arraycache's ``arraycache-*``, in
-  /dev/shm and the temp dir) during the call, sampled every ~20 ms;
+- ``shared_files_mb``: bytes of the files that appeared or grew in this process's sharing
+  folders (joblib's ``joblib_memmapping_folder_<pid>_*`` and arraycache's
+  ``arraycache-<pid>-*``, in /dev/shm and the temp dir) during the call, sampled every
+  ~20 ms (``/dev/shm +`` is the whole machine's, other processes included);
 - ``children_rss_peak_mb``: the peak of the workers' summed resident memory (psutil).
 """
 
@@ -39,7 +40,6 @@ from .common import BIG, MemorySampler, Workload, timed, warm_memory
 COLUMNS = 64
 N_JOBS = 2
 ALPHAS = [0.1, 1.0, 10.0]
-_SHARING_PREFIXES = ("joblib_memmapping_folder_", "arraycache-")
 
 _DATA: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -88,7 +88,13 @@ def _start_workers(backend: str) -> None:
 
 
 def _sharing_files() -> dict[tuple[int, int], int]:
-    """(st_dev, st_ino) -> size of every file under joblib's and arraycache's folders."""
+    """(st_dev, st_ino) -> size of every file under this process's sharing folders.
+
+    joblib's and arraycache's folder names carry the pid of the process that made them
+    (other processes on the machine share /dev/shm and the temp dir).
+    """
+    pid = os.getpid()
+    prefixes = (f"joblib_memmapping_folder_{pid}_", f"arraycache-{pid}-")
     found = {}
     for root in {"/dev/shm", tempfile.gettempdir()}:
         try:
@@ -96,7 +102,7 @@ def _sharing_files() -> dict[tuple[int, int], int]:
         except OSError:
             continue
         for name in names:
-            if not name.startswith(_SHARING_PREFIXES) or name.endswith(".lock"):
+            if not name.startswith(prefixes) or name.endswith(".lock"):
                 continue
             for dirpath, _dirs, files in os.walk(os.path.join(root, name)):
                 for file in files:

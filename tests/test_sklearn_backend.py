@@ -129,6 +129,7 @@ def pid(_i: int) -> int:
 # --- registration ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_registered_when_joblib_is_imported_after_arraycache(tmp_path):
     out = run_python(
         """
@@ -393,6 +394,7 @@ def test_backend_options_are_checked():
         Parallel(n_jobs=0, backend="arraycache")(delayed(abs)(1) for _ in "ab")
 
 
+@pytest.mark.slow
 def test_worker_options_reach_the_workers():
     with joblib.parallel_config(backend="arraycache", n_jobs=2, initializer=set_env,
                                 initargs=("ARRAYCACHE_TEST_INIT", "yes"), idle_worker_timeout=60):

@@ -124,13 +124,11 @@ class _Call:
 
 
 def _died(exc: BaseException) -> WorkerDiedError:
-    error = WorkerDiedError(
+    return WorkerDiedError(
         "a worker process died while running a batch of tasks: killed by a signal or by "
         "the OS (often for using too much memory; see `dmesg`), or crashed (e.g. a "
         f"segfault in compiled code).\n({type(exc).__name__}: {exc})"
     )
-    error.__cause__ = exc
-    return error
 
 
 class ArraycacheBackend(AutoBatchingMixin, ParallelBackendBase):

@@ -61,10 +61,10 @@ from typing import Any
 
 from .journal import FOLDER as _BOOKKEEPING
 from .journal import Summary, journal_for
+from .localcopies import STAGING, LocalCopies, local_files, subfolders
 from .store import (
     _HOST,
     _TMP,
-    _TRASH,
     FORMAT_VERSION,
     EntryInfo,
     EntryLock,
@@ -89,8 +89,6 @@ _META = "zarr.json"
 _MARKER = "arraycache.json"
 _CODE = "code.json"
 _CLAIM = ".claim"
-_COPY_MANIFEST = ".arraycache-copy.json"
-_STAGING = ".staging"
 #: A claim this old is taken over (its writer died on another machine, or is stuck).
 CLAIM_STALE_SECONDS = 3600.0
 #: Requests in flight at once for the files of one entry.
@@ -198,10 +196,6 @@ def _takes_mode(fs: Any) -> bool:
     return "mode" in parameters
 
 
-def _local_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
-
-
 class RemoteStore(Store):
     """Cache entries under an fsspec URL (``s3://bucket/prefix``, ``memory://...``).
 
@@ -231,14 +225,14 @@ class RemoteStore(Store):
         protocol = self._location.split("::")[-1].split("://", 1)[0]
         self.local = local_folder(self._location,
                                   _endpoint(protocol, self.fs, self.storage_options))
-        self.local_cache = None if local_cache is None else \
-            Path(local_cache).expanduser().absolute()
+        self.copies = None if local_cache is None else \
+            LocalCopies(Path(local_cache).expanduser().absolute())
         # Writes are staged on the local copies' file system when there is one: the
         # staged folder is then renamed into a local copy once uploaded.
-        self.staging = (self.local if self.local_cache is None else self.local_cache) / _STAGING
+        self.staging = (self.local if self.copies is None else self.copies.root) / STAGING
         # A local copy maps read-only or copy-on-write; writing into it would reach
         # neither the bucket nor other machines.
-        self.mmap_modes = frozenset({"r", "c"}) if self.local_cache else frozenset()
+        self.mmap_modes = frozenset({"r", "c"}) if self.copies else frozenset()
         if create and not self.is_cache():
             try:
                 self._create(self.root / _MARKER,
@@ -300,7 +294,7 @@ class RemoteStore(Store):
 
     def mmap_fallback(self, mmap_mode: str) -> str | None:
         """Copy-on-write maps of the local copy when there is one, else memory."""
-        return "c" if self.local_cache is not None else None
+        return "c" if self.copies is not None else None
 
     # --- small objects ---------------------------------------------------------------------
 
@@ -407,8 +401,9 @@ class RemoteStore(Store):
     def fetch(self, entry: PurePosixPath, meta: dict[str, Any]) -> Path:
         """A local folder with the entry's files: a temporary one (removed by
         :meth:`release`), or the entry's copy in ``local_cache``."""
-        if self.local_cache is not None:
-            return self._local_copy(entry, meta)
+        if self.copies is not None:
+            return self.copies.get(self._key(entry), meta,
+                                   lambda folder: self._download(entry, folder))
         local = self._staging(entry)
         try:
             self._download(entry, local)
@@ -421,40 +416,6 @@ class RemoteStore(Store):
         """Remove a temporary download (a local copy stays)."""
         if local.parent == self.staging:
             shutil.rmtree(local, ignore_errors=True)
-
-    def _local_copy(self, entry: PurePosixPath, meta: dict[str, Any]) -> Path:
-        from . import persistence  # a downloaded copy is checked in full, once
-
-        assert self.local_cache is not None
-        copy = self.local_cache / self._key(entry)
-        wanted = {k: v for k, v in meta.items() if k != "boot"}
-        boot = boot_id()
-        try:
-            manifest = json.loads((copy / _COPY_MANIFEST).read_text())
-            same = manifest["meta"] == wanted and all(
-                os.stat(copy / name).st_size == size for name, size in manifest["files"].items()
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            same, manifest = False, None
-        if same and manifest.get("boot") == boot:
-            return copy
-        if same and not persistence.verify(copy, meta):  # first use after a reboot
-            manifest["boot"] = boot
-            _write_manifest(copy, manifest)
-            return copy
-        tmp = copy.with_name(f"{copy.name}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            tmp.mkdir(parents=True)
-            files = self._download(entry, tmp)
-            problems = persistence.verify(tmp, meta)
-            if problems:
-                raise persistence.EntryDamaged(problems[0])
-            _write_manifest(tmp, {"meta": wanted, "files": files, "boot": boot})
-            _replace_folder(tmp, copy)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return copy
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -519,9 +480,9 @@ class RemoteStore(Store):
             nbytes = _folder_nbytes(tmp) or 0
             if not self._upload(tmp, entry, data, replace):
                 return False
-            if self.local_cache is not None:
+            if self.copies is not None:
                 with contextlib.suppress(OSError):
-                    self._keep_copy(tmp, entry, data)
+                    self.copies.keep(tmp, self._key(entry), data)
         finally:
             self.discard(tmp)  # a no-op once it became the local copy
         self.record("S", entry, nbytes, float(meta.get("duration") or 0))
@@ -538,7 +499,7 @@ class RemoteStore(Store):
                 return False  # published between our look and our claim
             self._remove_files(entry)  # a damaged entry, or a dead writer's part
             uploads = [(str(p), str(entry / p.relative_to(tmp).as_posix()))
-                       for p in _local_files(tmp) if p != tmp / _META]
+                       for p in local_files(tmp) if p != tmp / _META]
             try:
                 _run(lambda: _bounded(self.fs._put_file, uploads))
                 self._put(entry / _META, data)
@@ -549,17 +510,6 @@ class RemoteStore(Store):
         finally:
             self._unclaim(claim)
         return True
-
-    def _keep_copy(self, tmp: Path, entry: PurePosixPath, data: bytes) -> None:
-        """Make the folder just uploaded the entry's local copy (no download later)."""
-        assert self.local_cache is not None
-        meta = json.loads(data)["attributes"]["arraycache"]
-        meta.pop("boot", None)
-        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in _local_files(tmp)}
-        _write_manifest(tmp, {"meta": meta, "files": files, "boot": boot_id()})
-        copy = self.local_cache / self._key(entry)
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        _replace_folder(tmp, copy)
 
     def _remove_files(self, entry: PurePosixPath) -> bool:
         """Remove the entry's objects, its ``zarr.json`` first; whether there were any."""
@@ -576,8 +526,8 @@ class RemoteStore(Store):
         """Remove an entry (its ``zarr.json`` first, so readers see none) and its
         local copy; return whether there was one."""
         removed = self._remove_files(entry)
-        if self.local_cache is not None:
-            _remove_folder(self.local_cache / self._key(entry))
+        if self.copies is not None:
+            self.copies.remove(self._key(entry))
         if removed:
             self.record("D", entry)
         return removed
@@ -697,29 +647,8 @@ class RemoteStore(Store):
                 self._remove_files(entry)
                 removed += 1
         removed += _remove_dead_folders(self.staging, min_age)
-        if self.local_cache is not None:
-            removed += self._prune_copies(survey.published, min_age)
-        return removed
-
-    def _prune_copies(self, published: set[PurePosixPath], min_age: float) -> int:
-        """Remove local copies of entries that are no longer in the bucket."""
-        assert self.local_cache is not None
-        removed = 0
-        wanted = {self._key(e) for e in published}
-        for module in _subfolders(self.local_cache):
-            if module.name == _STAGING:
-                continue
-            for function in _subfolders(module):
-                for copy in _subfolders(function):
-                    name = copy.name
-                    if _TMP in name or _TRASH in name:
-                        marker = _TMP if _TMP in name else _TRASH
-                        if _dead_writer(name, marker, min_age, copy):
-                            shutil.rmtree(copy, ignore_errors=True)
-                            removed += 1
-                    elif f"{module.name}/{function.name}/{name}" not in wanted:
-                        _remove_folder(copy)
-                        removed += 1
+        if self.copies is not None:
+            removed += self.copies.prune({self._key(e) for e in survey.published}, min_age)
         return removed
 
     def clear(self, folder: tuple[str, ...] | None = None) -> None:
@@ -732,11 +661,11 @@ class RemoteStore(Store):
         self._rm(rest)
         for entry in survey.published:
             self.record("D", entry)
-        if self.local_cache is not None:
-            copies = [self.local_cache.joinpath(*folder)] if folder else [
-                m for m in _subfolders(self.local_cache) if m.name != _STAGING]
-            for copy in copies:
-                _remove_folder(copy)
+        if self.copies is not None:
+            if folder:
+                self.copies.remove("/".join(folder))
+            else:
+                self.copies.clear()
         with contextlib.suppress(Exception):  # the entries table follows the bucket
             self.summary.resync([], "/".join(folder) + "/" if folder else "")
 
@@ -769,48 +698,10 @@ def _mtime(info: dict[str, Any]) -> float:
         return time.time()  # unknown: counts as new, so never taken for a dead writer's
 
 
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    tmp = folder / f"{_COPY_MANIFEST}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, folder / _COPY_MANIFEST)
-
-
-def _replace_folder(new: Path, final: Path) -> None:
-    """Rename ``new`` to ``final``, moving a folder already there out of the way (a
-    process mapping its files keeps them)."""
-    for _ in range(3):
-        try:
-            os.rename(new, final)
-            return
-        except OSError:
-            if not final.exists():
-                raise
-            _remove_folder(final)
-    raise OSError(f"cannot replace {final}")
-
-
-def _remove_folder(folder: Path) -> None:
-    """Remove a folder by renaming it away first (another process may be reading it)."""
-    trash = folder.with_name(f"{folder.name}{_TRASH}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.rename(folder, trash)
-    except OSError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def _remove_dead_folders(folder: Path, min_age: float) -> int:
     removed = 0
-    for path in _subfolders(folder):
+    for path in subfolders(folder):
         if _TMP in path.name and _dead_writer(path.name, _TMP, min_age, path):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    try:
-        with os.scandir(folder) as it:
-            return [Path(e.path) for e in it if e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []

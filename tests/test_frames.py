@@ -290,8 +290,8 @@ def test_repeated_strings_are_stored_once_with_codes(location, mmap_mode):
     repeated = words[np.arange(n) % 5].copy()
     repeated[7::13] = None
     results = {
-        "repeated": pd.DataFrame({"w": repeated}),
-        "repeated-str-dtype": pd.Series(pd.array(repeated, dtype="str")),
+        "repeated": pd.DataFrame({"w": pd.Series(repeated, dtype=object)}),
+        "repeated-str-dtype": pd.Series(pd.array(repeated, dtype=pd.StringDtype("python"))),
         "unique": pd.Series(np.array([f"u{i}" for i in range(n)], dtype=object)),
     }
     produce, _ = cached(location, results, mmap_mode)
@@ -409,6 +409,46 @@ def test_damaged_string_data_is_recomputed(location):
         assert_same_frame(produce("f"), frame)
 
 
+def _find_part(node: object, kind: str) -> dict:
+    """The first part of ``kind`` in an entry's JSON tree."""
+    if isinstance(node, dict):
+        if node.get("kind") == kind:
+            return node
+        node = list(node.values())
+    if isinstance(node, list):
+        for value in node:
+            found = _find_part(value, kind)
+            if found:
+                return found
+    return {}
+
+
+@pytest.mark.parametrize("where", ["categorical", "multiindex"])
+def test_codes_out_of_range_are_damage_not_a_crash(location, where):
+    """Memory-mapped hits check sizes, not digests: a wrong code must not reach pandas,
+    which would read out of bounds with it."""
+    n = 4000
+    codes = pd.Categorical.from_codes(np.arange(n) % 3, ["a", "b", "c"])
+    frame = (pd.DataFrame({"c": codes}) if where == "categorical" else
+             pd.DataFrame({"x": np.arange(n)}, index=pd.MultiIndex.from_arrays(
+                 [np.arange(n) % 3, np.arange(n)])))
+    produce, calls = cached(location, {"f": frame}, mmap_mode="r")
+    produce("f")
+    (meta,) = entry_meta(location)
+    if where == "categorical":
+        name = _find_part(meta["tree"][1]["blocks"], "Categorical")["codes"][1]
+    else:
+        name = meta["tree"][1]["index"]["codes"][0][1]
+    path = next(location.rglob(f"{name}/c/0"))
+    raw = bytearray(path.read_bytes())
+    raw[5] = 100  # level 0 and the categories hold 3 values
+    path.write_bytes(bytes(raw))
+    with pytest.warns(DamagedEntryWarning, match="out of range"):
+        got = produce("f")
+    assert_same_frame(got, frame)
+    assert calls == ["f", "f"]
+
+
 @pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed")
 def test_arrow_strings_are_mapped_without_decoding(location):
     n = 10_000
@@ -427,3 +467,23 @@ def test_arrow_strings_are_mapped_without_decoding(location):
             mapped.append((start, end))
     for buffer in (offsets, data):
         assert any(start <= buffer.address < end for start, end in mapped)
+
+
+@pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed")
+def test_arrow_offsets_that_leave_the_data_are_damage(location):
+    n = 3000
+    frame = pd.DataFrame({"s": pd.array([f"s{i}" for i in range(n)],
+                                        dtype=pd.StringDtype("pyarrow"))})
+    produce, calls = cached(location, {"f": frame}, mmap_mode="r")
+    produce("f")
+    (meta,) = entry_meta(location)
+    name = _find_part(meta["tree"][1]["blocks"], "ArrowStringArray")["offsets"][1]
+    path = next(location.rglob(f"{name}/c/0"))
+    offsets = np.memmap(path, dtype=np.int64, mode="r+", shape=(n + 1,))
+    offsets[10] = 1 << 40
+    offsets.flush()
+    del offsets
+    with pytest.warns(DamagedEntryWarning, match="offsets"):
+        got = produce("f")
+    assert_same_frame(got, frame)
+    assert calls == ["f", "f"]

@@ -292,7 +292,7 @@ def test_repeated_strings_are_stored_once_with_codes(location, mmap_mode):
     results = {
         "repeated": pd.DataFrame({"w": pd.Series(repeated, dtype=object)}),
         "repeated-str-dtype": pd.Series(pd.array(repeated, dtype=pd.StringDtype("python"))),
-        "unique": pd.Series(np.array([f"u{i}" for i in range(n)], dtype=object)),
+        "unique": pd.Series(np.array([f"u{i}" for i in range(n)], dtype=object), dtype=object),
     }
     produce, _ = cached(location, results, mmap_mode)
     for key in results:

@@ -17,6 +17,7 @@ import re
 def pytest_configure(config):
     config.addinivalue_line("markers", "thread_unsafe: joblib's, for pytest-run-parallel")
     config.addinivalue_line("markers", "parallel_threads(n): joblib's, for pytest-run-parallel")
+    config.addinivalue_line("markers", "no_cover: joblib's, for its coverage runs")
 
 
 def _matches(entry: str, module: str, name: str) -> bool:

@@ -29,8 +29,8 @@ from arraycache.parallel import _interrupts
 from arraycache.parallel._interrupts import sigint_deferred
 
 # Runs `rounds` calls of 2 * n_jobs sleeping tasks with a 32 MiB argument (written to
-# the sharing folder), each interrupted by the test.  After each interrupted call but
-# the last, it writes what is left of the call; the last KeyboardInterrupt ends it.
+# the sharing folder), each interrupted by the test.  After each interrupted call it
+# writes what is left of the call; the last KeyboardInterrupt then ends the process.
 CHILD = r"""
 import json, os, sys, time
 import numpy as np
@@ -62,6 +62,19 @@ def alive(pids):
     return left
 
 
+def report(r, folder):
+    state = {"alive": alive([int(name) for name in os.listdir(folder)])}
+    if lib != "joblib":
+        state["call_folders"] = [
+            os.path.join(root, name) for root in FOLDERS.existing() if os.path.isdir(root)
+            for name in os.listdir(root) if name.startswith("call-")
+        ]
+        state["pinned"] = [copy.path for copy in POOL._copies.values() if copy.pins]
+    with open(os.path.join(marks, f"report-{r}.tmp"), "w") as f:
+        json.dump(state, f)
+    os.rename(os.path.join(marks, f"report-{r}.tmp"), os.path.join(marks, f"report-{r}.json"))
+
+
 x = np.arange(4 << 20, dtype=np.float64)
 for r in range(rounds):
     folder = os.path.join(marks, str(r))
@@ -69,20 +82,11 @@ for r in range(rounds):
     try:
         Parallel(n_jobs=n_jobs)(delayed(task)(folder, i, x) for i in range(2 * n_jobs))
     except KeyboardInterrupt:
+        report(r, folder)
         if r == rounds - 1:
             raise
     else:
         sys.exit("the call was not interrupted")
-    report = {"alive": alive([int(name) for name in os.listdir(folder)])}
-    if lib != "joblib":
-        report["call_folders"] = [
-            os.path.join(root, name) for root in FOLDERS.existing() if os.path.isdir(root)
-            for name in os.listdir(root) if name.startswith("call-")
-        ]
-        report["pinned"] = [copy.path for copy in POOL._copies.values() if copy.pins]
-    with open(os.path.join(marks, f"report-{r}.tmp"), "w") as f:
-        json.dump(report, f)
-    os.rename(os.path.join(marks, f"report-{r}.tmp"), os.path.join(marks, f"report-{r}.json"))
 """
 
 N_JOBS = 4
@@ -92,13 +96,16 @@ GAPS = (0.02, 0.01, 0.05)
 HANG = 60.0
 
 
-def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
+def _wait_for(condition, proc: subprocess.Popen, what: str, log: Path) -> None:
     deadline = time.monotonic() + HANG
     while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"the process ended (status {proc.returncode}) before {what}")
+        if proc.poll() is not None and not condition():
+            raise AssertionError(
+                f"the process ended (status {proc.returncode}) before {what}:\n"
+                f"{log.read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {HANG} s")
+            raise AssertionError(f"no {what} after {HANG} s:\n{log.read_text()[-3000:]}")
         time.sleep(0.01)
 
 
@@ -122,7 +129,8 @@ def _sharing_folders(lib: str, pid: int) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("lib", ["arraycache", "joblib"])
 def test_two_sigints_stop_the_call_and_its_workers(lib: str, tmp_path: Path) -> None:
-    rounds = len(GAPS) if lib == "arraycache" else 2
+    # joblib, the reference, for one round (it is not what is tested, and slow to start).
+    rounds = len(GAPS) if lib == "arraycache" else 1
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     marks = tmp_path / "marks"
@@ -138,15 +146,13 @@ def test_two_sigints_stop_the_call_and_its_workers(lib: str, tmp_path: Path) -> 
             folder = marks / str(r)
             # Every worker is running a task: the call is waiting for results.
             _wait_for(lambda f=folder: f.is_dir() and len(os.listdir(f)) == N_JOBS, proc,
-                      f"{N_JOBS} running tasks in round {r}")
+                      f"{N_JOBS} running tasks in round {r}", tmp_path / "err")
             workers += [int(name) for name in os.listdir(folder)]
             os.kill(proc.pid, signal.SIGINT)
             time.sleep(gap)
             os.kill(proc.pid, signal.SIGINT)
-            if r == rounds - 1:
-                break
             report_path = marks / f"report-{r}.json"
-            _wait_for(report_path.exists, proc, f"report of round {r}")
+            _wait_for(report_path.exists, proc, f"report of round {r}", tmp_path / "err")
             report = json.loads(report_path.read_text())
             # When KeyboardInterrupt reaches the caller, the call is over: its workers
             # are dead, its copies released, its call folders gone.
@@ -236,6 +242,16 @@ def test_a_sigint_during_the_cleanup_of_an_error_is_raised(default_sigint) -> No
                 _sigint_self()
             raise
     assert isinstance(info.value.__context__, ValueError)
+
+
+def test_a_held_sigint_can_be_dropped(default_sigint) -> None:
+    # As at interpreter exit, where the cleanup of sharing folders runs this way.
+    done = []
+    with sigint_deferred(deliver=False):
+        _sigint_self()
+        done.append("cleaned up")
+    assert done == ["cleaned up"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_custom_handler_gets_the_held_signal_after(default_sigint) -> None:

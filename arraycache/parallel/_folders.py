@@ -47,6 +47,8 @@ from collections.abc import Iterator
 
 import psutil
 
+from ._interrupts import sigint_deferred
+
 __all__ = [
     "ProcessFolders",
     "candidate_roots",
@@ -249,6 +251,13 @@ def _remove_all(paths: dict[str, str], locks: dict[str, int]) -> None:
     locks.clear()
 
 
+def _remove_at_exit(paths: dict[str, str], locks: dict[str, int]) -> None:
+    # A second Ctrl-C often arrives while the interpreter exits after the first: it
+    # must not leave folders or lock files behind (the exit goes on anyway).
+    with sigint_deferred(deliver=False):
+        _remove_all(paths, locks)
+
+
 def _owned(path: str) -> bool:
     """True if the process folder ``path`` was made by this process (not a fork parent)."""
     match = _NAME.match(os.path.basename(path))
@@ -280,7 +289,7 @@ class ProcessFolders:
         self._users: dict[str, int] = {}
         # ("release", root) or ("check", folder), applied under the lock.
         self._news: collections.deque[tuple[str, str]] = collections.deque()
-        self._finalizer = weakref.finalize(self, _remove_all, self._paths, self._locks)
+        self._finalizer = weakref.finalize(self, _remove_at_exit, self._paths, self._locks)
         atexit.register(self._finalizer)
 
     # --- locking with news from callbacks ---

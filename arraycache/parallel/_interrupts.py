@@ -57,8 +57,14 @@ def _deliver(handler: object, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def sigint_deferred() -> Iterator[None]:
+def sigint_deferred(deliver: bool = True) -> Iterator[None]:
     """Run the block with SIGINT held; deliver a held one to the previous handler after.
+
+    Parameters
+    ----------
+    deliver : bool, default True
+        False drops a held SIGINT (for cleanup at interpreter exit, which is what it
+        would ask for anyway).
 
     Raises
     ------
@@ -91,5 +97,6 @@ def sigint_deferred() -> Iterator[None]:
     finally:
         if signal.getsignal(signal.SIGINT) is held:
             signal.signal(signal.SIGINT, previous)
-            if held.count and not (interrupted and previous is signal.default_int_handler):
+            redundant = interrupted and previous is signal.default_int_handler
+            if held.count and deliver and not redundant:
                 _deliver(previous, held.frame)

@@ -7,9 +7,12 @@ Modules, one job each: ``_config`` (parallel_config, backend registry, CPU count
 sizes), ``_dispatch`` (one call: dispatch, collection, errors, cleanup), ``_timing``
 (when a batch starts running, for timeouts), ``_loky`` (loky, imported without taking
 joblib's copy's start method), ``_pickling`` (task/result pickling, the worker entry
-point), ``_sharing`` (arrays as file references), ``_folders`` (private sharing folders
-and their lifetime), ``_progress`` (verbose messages), ``_parallel`` (the ``Parallel``
-class).
+point), ``_sharing`` (arrays as file references), ``_pool`` (the bounded pool of written
+copies), ``_folders`` (private sharing folders and their lifetime), ``_progress`` (verbose
+messages and progress bars), ``_parallel`` (the ``Parallel`` class), ``_dask`` (the
+dask.distributed backend), ``_joblib_backend`` (the ``'arraycache'`` backend registered
+with joblib: scikit-learn's ``n_jobs`` on arraycache's workers and sharing) and
+``_joblib_hook`` (registers it when joblib is imported, without importing joblib).
 """
 
 from __future__ import annotations

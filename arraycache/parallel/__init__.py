@@ -10,7 +10,8 @@ joblib's copy's start method), ``_pickling`` (task/result pickling, the worker e
 point), ``_sharing`` (arrays as file references), ``_pool`` (the bounded pool of written
 copies), ``_folders`` (private sharing folders and their lifetime), ``_progress`` (verbose
 messages and progress bars), ``_parallel`` (the ``Parallel`` class), ``_dask`` (the
-dask.distributed backend), ``_joblib_backend`` (the ``'arraycache'`` backend registered
+dask.distributed backend), ``_scatter`` (arrays scattered to a dask cluster once per
+content), ``_joblib_backend`` (the ``'arraycache'`` backend registered
 with joblib: scikit-learn's ``n_jobs`` on arraycache's workers and sharing) and
 ``_joblib_hook`` (registers it when joblib is imported, without importing joblib).
 """

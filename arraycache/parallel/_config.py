@@ -176,7 +176,8 @@ class parallel_config:
     ----------
     backend : str, backend instance or multiprocessing context, optional
         ``'loky'`` (processes, the default), ``'threading'``, ``'multiprocessing'``,
-        ``'sequential'``, a name given to :func:`register_parallel_backend`, an
+        ``'sequential'``, ``'dask'`` (a dask.distributed cluster: the current client, or
+        ``client=...``), a name given to :func:`register_parallel_backend`, an
         instance (of :class:`ParallelBackend` or of a backend written for joblib), or
         a ``multiprocessing`` context (runs the multiprocessing backend with it).
     n_jobs, verbose, temp_folder, max_nbytes, mmap_mode, prefer, require, progress
@@ -188,8 +189,10 @@ class parallel_config:
         or the temp folder) so that a later call passing the same array does not write
         it again: ``'auto'`` is a quarter of the available memory, a size (``'2G'``)
         or a number of bytes sets it, ``0`` keeps nothing after a call (as joblib),
-        None removes the bound.  Least recently used copies go first.  Not a
-        ``Parallel`` parameter: a setting for a block of calls.
+        None removes the bound.  Least recently used copies go first.  With
+        ``backend='dask'`` it bounds the arrays kept scattered on the cluster (``'auto'``:
+        a quarter of the smallest worker's memory limit).  Not a ``Parallel``
+        parameter: a setting for a block of calls.
     inner_max_num_threads : int, optional
         Threads allowed to BLAS/OpenMP in each worker process (default:
         ``cpu_count() // n_jobs``); only with a backend that supports it ('loky').

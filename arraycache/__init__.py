@@ -17,7 +17,7 @@ from .exceptions import (
     WrongArgumentsError,
 )
 from .hashing import hash
-from .memorized import MemorizedFunc, MemorizedResult, NotMemorizedFunc
+from .memorized import MemorizedFunc, MemorizedResult, NotMemorizedFunc, NotMemorizedResult
 from .memory import Memory, expires_after
 from .parallel import (
     Parallel,
@@ -43,6 +43,7 @@ __all__ = [
     "MemorizedResult",
     "Memory",
     "NotMemorizedFunc",
+    "NotMemorizedResult",
     "Parallel",
     "ParallelTimeoutError",
     "SharedFileChangedError",

@@ -144,10 +144,6 @@ KNOWN_DIFFERENCES_TO_FIX: dict[str, str] = {
         "OPENBLAS_NUM_THREADS=4 but OpenBLAS reports 2 threads (numpy is loaded in the "
         "worker before the environment is applied?); joblib's workers report 4"
     ),
-    "test_memory::test_call_and_shelve": (
-        "NotMemorizedResult is not exported (joblib.memory has it): Memory(None) results "
-        "are not instances of the public class"
-    ),
     "test_parallel::test_thread_bomb_mitigation[loky-*]": (
         "a worker's RecursionError whose exception chain cannot be pickled comes back as "
         "RemoteTaskError, which `except RecursionError` misses"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,21 @@ import pytest
 from loky import get_reusable_executor
 
 import arraycache
+
+
+def sigint_default_in_child() -> None:
+    """``preexec_fn`` for children that tests interrupt: an ignored SIGINT is inherited
+    through exec, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_restored():
+    """A test (or a library it starts, e.g. a dask cluster) that leaves SIGINT ignored
+    would make every later child process deaf to Ctrl-C."""
+    yield
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ import pytest
 
 import arraycache
 from arraycache import persistence
+from tests.conftest import sigint_default_in_child
 
 # --- helpers shared with test_concurrency.py -------------------------------------------------
 
@@ -189,7 +190,7 @@ class Lab:
         script.write_text(PRELUDE + textwrap.dedent(code))
         proc = subprocess.Popen(
             [sys.executable, str(script)], cwd=self.root, env={**self.env(), **env}, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default_in_child,
         )
         self.procs.append(proc)
         return proc

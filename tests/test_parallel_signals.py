@@ -175,7 +175,12 @@ def test_two_sigints_stop_the_call_and_its_workers(lib: str, tmp_path: Path) -> 
         stderr = (tmp_path / "err").read_text()
         # The last KeyboardInterrupt went up to the top: Python exits by SIGINT.
         assert proc.returncode == -signal.SIGINT, stderr
-        assert re.search(r"^KeyboardInterrupt$", stderr, re.MULTILINE), stderr
+        # A second SIGINT that lands after the call ended (the cleanup can take less than
+        # the gap) interrupts Python's own printing of the traceback, which then reports
+        # the exception as an "object type name" dump: both end the process by SIGINT.
+        assert re.search(
+            r"^KeyboardInterrupt$|^object type name: KeyboardInterrupt$", stderr, re.MULTILINE
+        ), stderr
         deadline = time.monotonic() + 10
         while _running(workers) and time.monotonic() < deadline:
             time.sleep(0.05)

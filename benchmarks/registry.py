@@ -11,6 +11,8 @@ def workloads() -> dict[str, Workload]:
 
     ordered = [*reference.WORKLOADS, *storage.WORKLOADS, *frames.WORKLOADS, *hashing.WORKLOADS,
                *parallel.WORKLOADS, *dask_bench.WORKLOADS, *sklearn.WORKLOADS]
+    from . import notebook_memory  # peak memory of a notebook-like session
+    ordered += notebook_memory.WORKLOADS
     from . import remote_bench  # S3 store and hits (arraycache only)
     ordered += remote_bench.WORKLOADS
     return {w.name: w for w in ordered}

@@ -211,6 +211,7 @@ class FootprintSampler:
         self.start: dict[str, int] = {}
         self.peaks: dict[str, int] = {}
         self.step_peaks: dict[str, int] = {}
+        self.step_shm_peaks: dict[str, int] = {}
         self.files_seen: dict[tuple[int, int], int] = {}
         self.shm_start = _shm_used()
         self.ticks = 0
@@ -265,6 +266,7 @@ class FootprintSampler:
             self.peaks[key] = max(self.peaks.get(key, value), value)
         step = self.step
         self.step_peaks[step] = max(self.step_peaks.get(step, 0), now["footprint"])
+        self.step_shm_peaks[step] = max(self.step_shm_peaks.get(step, 0), now["shm_files"])
         return now
 
     def _loop(self) -> None:
@@ -394,7 +396,8 @@ def session(lib, size: int, tmp: Path, bound: int | None = None) -> dict:
                 trace.append({
                     "step": label,
                     "s": round(seconds, 4),
-                    "step_peak_extra_mb": round((sampler.step_peaks.get(label, 0) - base) * mb),
+                    "step_peak_extra_mb": round((sampler.step_peaks[label] - base) * mb),
+                    "shm_peak_mb": round(sampler.step_shm_peaks[label] * mb),
                     "shm_after_mb": round(shm_now * mb),
                     **({"pool_mb": round(pool[0] * mb), "pool_copies": pool[1]} if pool else {}),
                 })
@@ -512,11 +515,12 @@ def render(medians: dict[str, dict], samples: dict[str, list[dict]], size: int,
             lines.append(f"{label}: bound {m['bound_mb']:,.0f} MiB; pool after the session "
                          f"{m.get('pool_seq_mb', 0):,.0f} MiB, after del all "
                          f"{m.get('pool_final_mb', 0):,.0f} MiB")
-    lines += ["", "Steps of the first sample (peak - start within the step; /dev/shm files "
-              "after it; arraycache's pool after it):", ""]
+    lines += ["", "Steps of the first sample: seconds; peak footprint - start, and peak of the "
+              "sharing files in /dev/shm, within the step (MiB); those files after it (and the "
+              "copies in arraycache's pool):", ""]
     header = ["step"]
     for label in samples:
-        header += [f"{label}: s", "peak", "shm"]
+        header += [f"{label}: s", "peak", "shm peak", "shm after"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|---" * len(header) + "|")
     for i, (step, *_rest) in enumerate(SEQUENCE):
@@ -526,7 +530,7 @@ def render(medians: dict[str, dict], samples: dict[str, list[dict]], size: int,
             shm = f"{t['shm_after_mb']}"
             if "pool_copies" in t:
                 shm += f" ({t['pool_copies']} copies)"
-            row += [f"{t['s']:.2f}", f"{t['step_peak_extra_mb']}", shm]
+            row += [f"{t['s']:.2f}", f"{t['step_peak_extra_mb']}", f"{t['shm_peak_mb']}", shm]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .store import _TMP, _TRASH, _dead_writer, boot_id
+from .liveness import OWNED, remove_if_abandoned
+from .store import _TMP, _TRASH, _dead_deleter, boot_id, temporary
 
 __all__ = ["LocalCopies"]
 
@@ -71,9 +72,9 @@ class LocalCopies:
             manifest["boot"] = boot
             _write_manifest(copy, manifest)
             return copy
-        tmp = copy.with_name(f"{copy.name}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = OWNED.make(temporary(copy))
         try:
-            tmp.mkdir(parents=True)
             files = download(tmp)
             problems = persistence.verify(tmp, meta)
             if problems:
@@ -81,8 +82,9 @@ class LocalCopies:
             _write_manifest(tmp, {"meta": wanted, "files": files, "boot": boot})
             _replace_folder(tmp, copy)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            OWNED.remove(tmp)
             raise
+        OWNED.release(tmp)
         return copy
 
     def keep(self, folder: Path, key: str, group_json: bytes) -> None:
@@ -117,9 +119,10 @@ class LocalCopies:
             for function in subfolders(module):
                 for copy in subfolders(function):
                     name = copy.name
-                    if _TMP in name or _TRASH in name:
-                        marker = _TMP if _TMP in name else _TRASH
-                        if _dead_writer(name, marker, min_age, copy):
+                    if _TMP in name:
+                        removed += remove_if_abandoned(copy, min_age)
+                    elif _TRASH in name:
+                        if _dead_deleter(copy, min_age):
                             shutil.rmtree(copy, ignore_errors=True)
                             removed += 1
                     elif f"{module.name}/{function.name}/{name}" not in wanted:
@@ -129,7 +132,7 @@ class LocalCopies:
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    tmp = folder / f"{_MANIFEST}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary(folder / _MANIFEST)
     tmp.write_text(json.dumps(manifest))
     os.replace(tmp, folder / _MANIFEST)
 

@@ -51,7 +51,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -61,6 +60,7 @@ from typing import Any
 
 from .journal import FOLDER as _BOOKKEEPING
 from .journal import Summary, journal_for
+from .liveness import OWNED, remove_if_abandoned
 from .localcopies import STAGING, LocalCopies, local_files, subfolders
 from .store import (
     _HOST,
@@ -69,7 +69,6 @@ from .store import (
     EntryInfo,
     EntryLock,
     Store,
-    _dead_writer,
     _folder_nbytes,
     _pid_alive,
     boot_id,
@@ -79,6 +78,7 @@ from .store import (
     lock_file,
     parse_meta,
     relative,
+    temporary,
 )
 
 __all__ = ["RemoteStore", "check_protocol", "local_folder"]
@@ -383,9 +383,7 @@ class RemoteStore(Store):
 
     def _staging(self, entry: PurePosixPath) -> Path:
         self.staging.mkdir(parents=True, exist_ok=True)
-        tmp = self.staging / f"{entry.name}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        return tmp
+        return OWNED.make(temporary(self.staging / entry.name))
 
     def _download(self, entry: PurePosixPath, dest: Path) -> dict[str, int]:
         """Copy every file of the entry into ``dest``; return relative path -> size."""
@@ -408,14 +406,14 @@ class RemoteStore(Store):
         try:
             self._download(entry, local)
         except BaseException:
-            shutil.rmtree(local, ignore_errors=True)
+            OWNED.remove(local)
             raise
         return local
 
     def release(self, local: Path) -> None:
         """Remove a temporary download (a local copy stays)."""
         if local.parent == self.staging:
-            shutil.rmtree(local, ignore_errors=True)
+            OWNED.remove(local)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -425,7 +423,7 @@ class RemoteStore(Store):
 
     def discard(self, tmp: Path) -> None:
         """Remove a local temporary folder."""
-        shutil.rmtree(tmp, ignore_errors=True)
+        OWNED.remove(tmp)
 
     def _claim(self, entry: PurePosixPath) -> tuple[PurePosixPath, bytes] | bool:
         """Take the entry's claim: (its path, our body); True when the file system
@@ -701,7 +699,6 @@ def _mtime(info: dict[str, Any]) -> float:
 def _remove_dead_folders(folder: Path, min_age: float) -> int:
     removed = 0
     for path in subfolders(folder):
-        if _TMP in path.name and _dead_writer(path.name, _TMP, min_age, path):
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
+        if _TMP in path.name:
+            removed += remove_if_abandoned(path, min_age)
     return removed

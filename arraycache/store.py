@@ -9,8 +9,9 @@ Layout under a location::
     .arraycache/                     bookkeeping shared by processes (see journal.py)
 
 An entry is written into ``<key>.tmp-<pid>-<random>`` beside its final place and
-renamed in, so readers see a whole entry or none.  Temporary folders of writers
-that died are removed by :meth:`LocalStore.remove_temporaries`.
+renamed in, so readers see a whole entry or none.  Its writer holds the lock file
+``<key>.tmp-<pid>-<random>.lock`` meanwhile (see ``liveness.py``): temporary folders
+whose lock nobody holds are removed by :meth:`LocalStore.remove_temporaries`.
 
 :class:`Store` is what ``memorized``, ``memory``, ``eviction`` and the command line
 use; :func:`open_store` picks the class from the location: a path (or ``file://``)
@@ -39,6 +40,7 @@ import psutil
 
 from .journal import FOLDER as _BOOKKEEPING
 from .journal import Summary, journal_for
+from .liveness import OWNED, remove_if_abandoned
 
 __all__ = [
     "FORMAT_VERSION",
@@ -118,10 +120,19 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _dead_writer(name: str, marker: str, min_age: float, path: Path) -> bool:
-    """Whether a ``<key><marker><pid>-<rand>`` folder was left by a dead or stuck process."""
+def temporary(path: Path) -> Path:
+    """A fresh name beside ``path`` for writing it: ``<name>.tmp-<pid>-<random>``."""
+    return path.with_name(f"{path.name}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _dead_deleter(path: Path, min_age: float) -> bool:
+    """Whether a ``<key>.trash-<pid>-<rand>`` folder was left by a dead or stuck process.
+
+    Going by pid is enough here: a live deleter that finds its trash already removed
+    (its pid seen from another PID namespace) loses nothing.
+    """
     try:
-        pid = int(name.split(marker, 1)[1].split("-", 1)[0])
+        pid = int(path.name.split(_TRASH, 1)[1].split("-", 1)[0])
     except (IndexError, ValueError):
         return True
     try:
@@ -467,10 +478,11 @@ class LocalStore(Store):
     def __init__(self, location: str | os.PathLike) -> None:
         self.root = Path(location).expanduser().absolute()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._function_dirs_made: dict[tuple[str, ...], Path] = {}
         marker = self.root / "arraycache.json"
         if not marker.exists():
             # A read-only cache without a marker can still be read: no error here.
-            tmp = self.root / f"arraycache.json{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = temporary(marker)
             with contextlib.suppress(OSError):
                 _write_json(tmp, {"format_version": FORMAT_VERSION})
                 os.replace(tmp, marker)
@@ -497,7 +509,11 @@ class LocalStore(Store):
 
     def function_dir(self, folder: tuple[str, ...]) -> Path:
         """The folder holding one function's entries."""
-        return self.root.joinpath(*folder)
+        try:
+            return self._function_dirs_made[folder]
+        except KeyError:  # pathlib costs microseconds: made once per function
+            path = self._function_dirs_made[folder] = self.root.joinpath(*folder)
+            return path
 
     def entry_dir(self, folder: tuple[str, ...], key: str) -> Path:
         """The final folder of one entry."""
@@ -512,19 +528,14 @@ class LocalStore(Store):
             If the metadata exists but cannot be read or is of an unknown version.
         """
         try:
-            with open(entry / _META, "rb") as f:
+            # A string join, not pathlib's (microseconds): this runs on every call.
+            with open(f"{entry}{os.sep}{_META}", "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
             return None
         except NotADirectoryError:
             raise ValueError(f"{entry} is not a folder") from None
-        meta = json.loads(raw)["attributes"]["arraycache"]
-        version = meta.get("format_version")
-        if isinstance(version, int) and version < FORMAT_VERSION:
-            raise OutdatedEntry(f"entry format version {version} is outdated")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"entry format version {version!r} is unknown")
-        return meta
+        return parse_meta(raw)
 
     def fetch(self, entry: Path, meta: dict[str, Any]) -> Path:
         """The entry's folder itself: read in place."""
@@ -533,9 +544,8 @@ class LocalStore(Store):
     def new_entry(self, entry: Path) -> Path:
         """A fresh temporary folder beside ``entry`` to write it into."""
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f"{entry.name}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
-        return tmp
+        # Its lock tells sweepers (reduce_size, prune) that this writer is alive.
+        return OWNED.make(temporary(entry))
 
     def publish(self, tmp: Path, entry: Path, meta: dict[str, Any], replace: bool) -> bool:
         """Write the group metadata into ``tmp`` and rename it to ``entry``.
@@ -554,14 +564,15 @@ class LocalStore(Store):
         except OSError:
             if not entry.is_dir():
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another writer won; theirs is as good
+            OWNED.remove(tmp)  # another writer won; theirs is as good
             return False
+        OWNED.release(tmp)
         self.record("S", entry, nbytes, float(meta.get("duration") or 0))
         return True
 
     def discard(self, tmp: Path) -> None:
         """Remove a temporary folder that will not be published."""
-        shutil.rmtree(tmp, ignore_errors=True)
+        OWNED.remove(tmp)
 
     # --- bookkeeping (advisory: never raises) -----------------------------------------------
 
@@ -583,7 +594,7 @@ class LocalStore(Store):
     def mark_checked(self, entry: Path, meta: dict[str, Any], boot: str) -> None:
         """Record in the entry's metadata that it was verified in full during ``boot``."""
         with contextlib.suppress(OSError):
-            tmp = entry / f"{_META}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = temporary(entry / _META)
             _write_json(tmp, {"zarr_format": 3, "node_type": "group",
                               "attributes": {"arraycache": {**meta, "boot": boot}}})
             os.replace(tmp, entry / _META)
@@ -627,7 +638,7 @@ class LocalStore(Store):
             return
         seen["digests"][code_digest] = time.time()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"code.json{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = temporary(path)
         _write_json(tmp, seen)
         os.replace(tmp, path)
 
@@ -677,14 +688,11 @@ class LocalStore(Store):
             for function in _subfolders(module):
                 candidates.extend(_children(function))
         for path in candidates:
-            for marker in (_TMP, _TRASH):
-                if marker in path.name and _dead_writer(path.name, marker, min_age, path):
-                    if path.is_dir():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink(missing_ok=True)
-                    removed += 1
-                    break
+            if _TMP in path.name:
+                removed += remove_if_abandoned(path, min_age)
+            elif _TRASH in path.name and _dead_deleter(path, min_age):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
         return removed
 
     def eviction_lock(self) -> contextlib.AbstractContextManager:

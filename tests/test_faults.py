@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 import arraycache
@@ -185,11 +186,15 @@ class Lab:
         return {**os.environ, "PYTHONPATH": path, "FAULT_CACHE": str(self.cache),
                 "FAULT_COUNTER": str(self.counter), "FAULT_SIGNALS": str(self.signals)}
 
-    def spawn(self, code: str, name: str, **env: str) -> subprocess.Popen:
+    def spawn(self, code: str, name: str, prefix: tuple[str, ...] = (), **env: str
+              ) -> subprocess.Popen:
+        """Run ``code`` (after :data:`PRELUDE`) in a new process, behind the command
+        ``prefix`` if given (e.g. ``unshare``)."""
         script = self.root / f"{name}.py"
         script.write_text(PRELUDE + textwrap.dedent(code))
         proc = subprocess.Popen(
-            [sys.executable, str(script)], cwd=self.root, env={**self.env(), **env}, text=True,
+            [*prefix, sys.executable, str(script)], cwd=self.root, env={**self.env(), **env},
+            text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_default_in_child,
         )
         self.procs.append(proc)
@@ -431,12 +436,15 @@ def test_writer_killed_mid_write_leaves_a_temp_folder_that_is_recomputed_and_rem
 
     fdir = lab.function_dir("three_arrays")
     assert entries(lab.cache) == []
-    temps = [p for p in fdir.iterdir() if ".tmp-" in p.name]
-    assert len(temps) == 1 and temps[0].is_dir()
+    temps = [p for p in fdir.iterdir() if ".tmp-" in p.name and p.is_dir()]
+    assert len(temps) == 1
     assert temps[0].name.split(".tmp-")[1].split("-")[0] == str(writer.pid)
     assert (temps[0] / "a1").is_dir()  # it really died half-way through the write
-    assert {p.name for p in fdir.iterdir()} <= {"code.json", temps[0].name,
-                                                 temps[0].name.split(".tmp-")[0] + ".lock"}
+    # Beside it: the lock the writer held while writing, and the entry's compute lock.
+    assert {p.name for p in fdir.iterdir()} <= {
+        "code.json", temps[0].name, temps[0].name + ".lock",
+        temps[0].name.split(".tmp-")[0] + ".lock",
+    }
 
     # A new process takes over the dead writer's lock, recomputes and publishes.
     code = "jobs.check_three_arrays(jobs.memory().cache(jobs.three_arrays)(50_000), 50_000)"
@@ -454,23 +462,127 @@ def test_writer_killed_mid_write_leaves_a_temp_folder_that_is_recomputed_and_rem
     assert lab.calls == "xx"
 
 
-def test_reduce_size_removes_temporaries_of_dead_writers_only(memory, location):
+PAUSE_IN_WRITE = """
+from arraycache import persistence
+real_write_array = persistence.write_array
+
+def pausing_write_array(entry_dir, name, arr, compression):
+    spec = real_write_array(entry_dir, name, arr, compression)
+    if name == "a1":  # a0 and a1 are on disk, a2 and the metadata are not
+        jobs.signal("mid-write")
+        jobs.wait_for("go")
+    return spec
+
+persistence.write_array = pausing_write_array
+"""
+
+#: Run first in a fresh PID namespace: fork until a child gets the pid FAULT_PID (one
+#: that no process of the test's namespace has), and go on in that child.
+FORK_TO_PID = """
+target = int(os.environ["FAULT_PID"])
+while True:
+    child = os.fork()
+    if child == 0:
+        if os.getpid() != target:
+            os._exit(0)
+        break
+    os.waitpid(child, 0)
+    if child >= target:
+        sys.exit(0 if child == target else 3)
+"""
+
+WRITE_THREE = "jobs.check_three_arrays(jobs.memory().cache(jobs.three_arrays)(50_000), 50_000)"
+
+
+def _writing_folder(lab: Lab) -> Path:
+    (temp,) = [p for p in lab.function_dir("three_arrays").iterdir()
+               if ".tmp-" in p.name and p.is_dir()]
+    return temp
+
+
+def _sweep_while_writing_then_publish(lab: Lab, writer: subprocess.Popen) -> None:
+    """Sweep temporaries while ``writer`` is paused mid-write; let it publish; check the
+    entry it published is whole."""
+    lab.wait_for("mid-write")
+    temp = _writing_folder(lab)
+    # Unchanged for two hours, as a long write of one big array looks from its folder.
+    old = time.time() - 7200
+    os.utime(temp, (old, old))
+    sweeper = arraycache.Memory(lab.cache, verbose=0)
+    sweeper.reduce_size()
+    assert (temp / "a1").is_dir()  # its writer is alive: kept, whatever its age and pid
+    lab.go()
+    lab.finish(writer)
+    assert lab.calls == "x"
+    lab.run(WRITE_THREE, "reader")  # a hit on a whole entry (a damaged one would warn)
+    assert lab.calls == "x"
+    assert arraycache.Memory(lab.cache, verbose=0).verify() == []
+    assert leftovers(lab.cache) == []
+
+
+def test_reduce_size_keeps_the_folder_of_a_live_writer(lab):
+    writer = lab.spawn(PAUSE_IN_WRITE + WRITE_THREE, "writer")
+    _sweep_while_writing_then_publish(lab, writer)
+
+
+def test_reduce_size_keeps_the_folder_of_a_writer_in_another_pid_namespace(lab):
+    """A real second PID namespace sharing the cache (a container on a shared volume)."""
+    if os.geteuid() != 0:
+        pytest.skip("a PID namespace needs root")
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no PID namespace here: {probe.stderr.strip()}")
+    taken = set(psutil.pids())
+    target = next(pid for pid in range(300, 30_000) if pid not in taken)
+    writer = lab.spawn(FORK_TO_PID + PAUSE_IN_WRITE + WRITE_THREE, "writer",
+                       ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child"),
+                       FAULT_PID=str(target))
+    lab.wait_for("mid-write")
+    # The folder is named after a pid that, here, belongs to no process.
+    assert _writing_folder(lab).name.split(".tmp-")[1].split("-")[0] == str(target)
+    assert not psutil.pid_exists(target)
+    _sweep_while_writing_then_publish(lab, writer)
+
+
+def test_reduce_size_removes_what_dead_writers_left(memory, location):
     f = memory.cache(lambda n: np.arange(n))
     f(10)
     entry = only_entry(location)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    dead_tmp = entry.with_name(f"{entry.name}.tmp-{dead.pid}-0123abcd")
-    dead_trash = entry.with_name(f"{entry.name}.trash-{dead.pid}-4567cdef")
-    live_tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-89abcdef")
-    for folder in (dead_tmp, dead_trash, live_tmp):
+    # A real writer that dies (SIGKILL) while writing, with its lock held.
+    code = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        import arraycache
+        from arraycache.store import LocalStore
+        store = LocalStore({str(location)!r})
+        tmp = store.new_entry(Path({str(entry)!r}))
+        (tmp / "a0").mkdir()
+        (tmp / "a0" / "zarr.json").write_text("{{}}")
+        print(tmp, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert dead.returncode == -signal.SIGKILL, dead.stderr
+    dead_tmp = Path(dead.stdout.strip())
+    assert (dead_tmp / "a0").is_dir() and Path(f"{dead_tmp}.lock").exists()
+    # Left without a lock: by an older version, or on a file system without locks.
+    unproven_new = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-0123abcd")
+    unproven_old = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-4567cdef")
+    dead_pid = dead_tmp.name.split(".tmp-")[1].split("-")[0]
+    dead_trash = entry.with_name(f"{entry.name}.trash-{dead_pid}-89abcdef")
+    for folder in (unproven_new, unproven_old, dead_trash):
         (folder / "a0" / "c").mkdir(parents=True)
-        (folder / "a0" / "c" / "0").write_bytes(b"\0" * 100)
+    old = time.time() - 7200
+    os.utime(unproven_old, (old, old))
     memory.reduce_size()
-    assert not dead_tmp.exists() and not dead_trash.exists()
-    assert live_tmp.exists()  # a live writer is still writing it
+    assert not dead_tmp.exists() and not Path(f"{dead_tmp}.lock").exists()
+    assert not dead_trash.exists()
+    assert not unproven_old.exists()  # older than an hour: taken for a dead writer's
+    assert unproven_new.exists()  # nothing proves its writer is gone yet
     assert only_entry(location) == entry
     np.testing.assert_array_equal(f(10), np.arange(10))
+    shutil.rmtree(unproven_new)
 
 
 # --- 3. integrity: damaged entries are detected, recomputed and replaced ----------------------

@@ -33,43 +33,42 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import errno
-import fcntl
 import os
 import re
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Iterator
 
 import psutil
 
+from ..liveness import (
+    LOCK_SUFFIX,
+    NO_LOCKS,
+    hold_lock,
+    remove_interrupted_lock,
+    take_abandoned_lock,
+)
 from ._interrupts import sigint_deferred
 
 __all__ = [
     "ProcessFolders",
     "candidate_roots",
-    "hold_lock",
     "make_private_dir",
     "pick_root",
     "remove_stale_folders",
-    "take_abandoned_lock",
 ]
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
 PREFIX = "arraycache-"
-LOCK_SUFFIX = ".lock"
 _NAME = re.compile(rf"^{PREFIX}(\d+)-[0-9a-f]+$")
 _LOCK_NAME = re.compile(rf"^({PREFIX}\d+-[0-9a-f]+){re.escape(LOCK_SUFFIX)}$")
 # A lock file being created (see hold_lock); left behind only by a crash in that instant.
 _NEW_LOCK = re.compile(rf"^\.{PREFIX}\d+-[0-9a-f]+{re.escape(LOCK_SUFFIX)}\.[0-9a-f]+$")
-_NEW_LOCK_MIN_AGE = 3600.0
 # flock errors meaning "this file system has no locks", not "this folder is unusable".
-_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 SHM = "/dev/shm"
 # /dev/shm is RAM: leave this much free beside the array so the machine keeps breathing.
 _SHM_MARGIN = 256 << 20
@@ -127,57 +126,6 @@ def make_private_dir(path: str) -> str:
     return path
 
 
-# --- liveness by lock --------------------------------------------------------------------------
-
-
-def hold_lock(path: str) -> int:
-    """Create the lock file ``path``, held (``flock`` LOCK_EX) by this process; return its fd.
-
-    Keep the fd open for as long as the thing the lock stands for lives: the kernel
-    releases the lock when the process dies, however it dies.  The file is created
-    under a temporary name and renamed once locked, so nobody can ever find ``path``
-    unlocked while its owner lives (a sweeper would take it for a dead one's).  The fd
-    is not inherited across ``exec`` (workers do not keep it alive); a ``fork`` child
-    shares it, and then the lock lives as long as either process.
-
-    Raises
-    ------
-    OSError
-        If the file cannot be created (read-only or full file system, no permission).
-    """
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    try:
-        # A file nobody else has opened yet: this cannot block.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(tmp, path)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return fd
-
-
-def take_abandoned_lock(path: str) -> int | None:
-    """The fd of lock file ``path``, now held by us, if its owner is gone; else None.
-
-    None also when the file is missing or cannot be opened: only a lock we can take
-    proves that nobody holds it.  Close the fd once done with what it guarded.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def remove_stale_folders(root: str) -> list[str]:
     """Remove the process folders in ``root`` whose owner no longer holds their lock.
 
@@ -211,22 +159,8 @@ def remove_stale_folders(root: str) -> list[str]:
                 os.close(fd)
             removed.append(folder)
         elif _NEW_LOCK.match(name):
-            _remove_interrupted_lock(os.path.join(root, name))
+            remove_interrupted_lock(os.path.join(root, name))
     return removed
-
-
-def _remove_interrupted_lock(path: str) -> None:
-    # hold_lock locks its temporary file right after creating it: a file that is old
-    # and unlocked was left by a process that died in between.
-    fd = take_abandoned_lock(path)
-    if fd is None:
-        return
-    try:
-        if time.time() - os.fstat(fd).st_mtime > _NEW_LOCK_MIN_AGE:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    finally:
-        os.close(fd)
 
 
 # --- this process's folders --------------------------------------------------------------------
@@ -409,7 +343,7 @@ class ProcessFolders:
             try:
                 self._locks[root] = hold_lock(path + LOCK_SUFFIX)
             except OSError as exc:
-                if exc.errno not in _NO_LOCKS:
+                if exc.errno not in NO_LOCKS:
                     raise
                 # A file system without flock (some NFS setups): share anyway, with no
                 # lock file; the folder is then never swept by others (it cannot be

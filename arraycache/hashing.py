@@ -323,6 +323,9 @@ class _FrozenSet(tuple):
     """Marks a frozenset's members, sorted (a frozenset is not a set)."""
 
 
+_MARKERS = frozenset((_Mapping, _Set, _FrozenSet))
+
+
 def _array_token(digest: str) -> None:
     """Stands for an array in the pickle stream (never called)."""
 
@@ -506,8 +509,8 @@ class _Hasher(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         kind = type(obj)
-        if kind is _Mapping or kind is _Set or kind is _FrozenSet:
-            return NotImplemented
+        if kind in _MARKERS or (kind is type and obj in _MARKERS):
+            return NotImplemented  # the markers and their classes (pickled by name)
         if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
             if kind is np.ndarray or (kind is np.memmap and self.coerce_mmap):
                 return _array_token, (self._array_digest(obj),)

@@ -206,3 +206,42 @@ def test_cached_function_returns_the_observation_of_its_own_argument(
 ) -> None:
     for value in (first, second, rebuilt(first)):
         assert cached_observe(value) == observe(value)
+
+
+# --- argument binding: the fast path agrees with inspect.Signature.bind -----------------------
+
+_PARAMS = ("a", "b", "c", "d")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n_params=st.integers(0, 4),
+    n_defaults=st.integers(0, 4),
+    n_args=st.integers(0, 5),
+    keywords=st.lists(st.sampled_from((*_PARAMS, "e")), unique=True, max_size=5),
+)
+def test_binding_matches_signature_bind(n_params, n_defaults, n_args, keywords) -> None:
+    """Any call of a function of plain parameters binds to the arguments (names, values,
+    order) that ``Signature.bind`` + ``apply_defaults`` give, or fails as they do."""
+    import inspect
+
+    from arraycache.exceptions import WrongArgumentsError
+    from arraycache.funcinfo import FunctionInfo
+
+    names = _PARAMS[:n_params]
+    n_defaults = min(n_defaults, n_params)
+    params = [f"{n}={-i}" if i >= n_params - n_defaults else n for i, n in enumerate(names)]
+    namespace: dict = {}
+    exec(f"def f({', '.join(params)}):\n    return 0", namespace)
+    func = namespace["f"]
+    args = tuple(range(100, 100 + n_args))
+    kwargs = {k: f"kw-{k}" for k in keywords}
+    try:
+        bound = inspect.signature(func).bind(*args, **kwargs)
+    except TypeError:
+        with pytest.raises(WrongArgumentsError):
+            FunctionInfo(func).bind(args, kwargs)
+        return
+    bound.apply_defaults()
+    arguments = FunctionInfo(func).bind(args, kwargs)
+    assert list(arguments.items()) == list(bound.arguments.items())

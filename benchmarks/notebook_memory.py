@@ -26,7 +26,7 @@ resource tracker), from ``/proc/<pid>/status`` and the sharing folders of this p
 - ``rss_total``: the caller's RSS + the children's RSS + the sharing files: an upper bound
   (a sharing page a worker has touched is counted in its RSS and in the file);
 - ``children_pss``: the children's summed PSS (``/proc/<pid>/smaps_rollup``, every ~50 ms);
-- ``shm_files``: the sharing files in /dev/shm alone (``shm_machine_extra``: growth of
+- ``shm_files``: the sharing files in /dev/shm alone (``shm_extra``: growth of
   /dev/shm as ``statvfs`` sees it, other processes on the machine included);
 - ``files_written``: the sum of the sizes of all sharing files that existed (each file
   once, at its largest); ``write_chars``: bytes passed to write(2) by the caller and its
@@ -422,7 +422,7 @@ def session(lib, size: int, tmp: Path, bound: int | None = None) -> dict:
         "anon_peak_mb": peaks["anon"] * mb,
         "shm_files_peak_mb": peaks["shm_files"] * mb,
         "tmp_files_peak_mb": peaks["tmp_files"] * mb,
-        "shm_machine_extra_mb": peaks["shm_machine_extra"] * mb,
+        "shm_extra_mb": peaks["shm_machine_extra"] * mb,
         "files_written_mb": sum(sampler.files_seen.values()) * mb,
         "files_seen": float(len(sampler.files_seen)),
         "write_chars_mb": written * mb,

@@ -144,14 +144,6 @@ KNOWN_DIFFERENCES_TO_FIX: dict[str, str] = {
         "OPENBLAS_NUM_THREADS=4 but OpenBLAS reports 2 threads (numpy is loaded in the "
         "worker before the environment is applied?); joblib's workers report 4"
     ),
-    "test_parallel::test_thread_bomb_mitigation[loky-*]": (
-        "a worker's RecursionError whose exception chain cannot be pickled comes back as "
-        "RemoteTaskError, which `except RecursionError` misses"
-    ),
-    "test_parallel::test_memmapping_leaks": (
-        "temp_folder keeps an empty arraycache-<pid>-* folder and its .lock until the "
-        "process exits (joblib empties it when the call or `with` ends)"
-    ),
 }
 
 

@@ -666,3 +666,36 @@ def test_sharedmem_replacing_a_configured_backend_is_said_at_verbose_10(lib, cap
         "Using ThreadingBackend as joblib backend instead of LokyBackend as the latter does "
         "not provide shared memory semantics.\n"
     )
+
+
+# --- exceptions whose attributes cannot be pickled ---------------------------------------------
+
+
+class HoldsALock(ValueError):
+    """An error that carries something a pipe cannot carry (a lock)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def _raise_holding_a_lock(x: int) -> None:
+    raise HoldsALock(f"task {x} failed")
+
+
+def _recurse_in_parallel() -> list:
+    return arraycache.Parallel(n_jobs=2)(arraycache.delayed(_recurse_in_parallel)() for _ in [0])
+
+
+def test_unpicklable_worker_exception_keeps_its_type_and_message():
+    # What `except HoldsALock` needs: the type and its args (the lock stays behind).
+    with pytest.raises(HoldsALock, match="task 3 failed"):
+        Parallel(n_jobs=2)(delayed(_raise_holding_a_lock)(x) for x in [3])
+
+
+@pytest.mark.slow
+def test_recursive_parallel_calls_end_in_recursion_error():
+    # joblib's thread-bomb test: nested calls run sequentially below the first level,
+    # until Python's recursion limit, and the RecursionError reaches the caller.
+    with pytest.raises(RecursionError):
+        _recurse_in_parallel()

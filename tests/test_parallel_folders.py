@@ -128,13 +128,6 @@ def _double(a: np.ndarray) -> np.ndarray:
     return a * 2
 
 
-_HOOKS = (
-    "needs CallRun.close to release its reserved roots and _pool/_sharing to remove files "
-    "through FOLDERS.discard (the changes listed in the report of this work)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_HOOKS)
 def test_temp_folder_is_empty_after_the_call_and_its_arrays(
     tmp_path: Path, no_leftover_workers
 ) -> None:
@@ -153,7 +146,6 @@ def test_temp_folder_is_empty_after_the_call_and_its_arrays(
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason=_HOOKS)
 def test_temp_folder_lasts_as_long_as_the_with_block(
     tmp_path: Path, no_leftover_workers
 ) -> None:

@@ -127,6 +127,7 @@ class CallRun:
         self._sharing: CallSharing | None = None
         self._spec: ResultSpec | None = None
         self._call_folders: list[str] = []
+        self._reserved_roots: list[str] = []
         # A backend that ships pickled batches its own way (dask): see call_channel.
         self._channel: Any = None
         if not backend.uses_processes and not self._sequential:
@@ -139,6 +140,7 @@ class CallRun:
             if temp_folder is None:
                 roots = [r for r in (shm_root(), tempfile.gettempdir()) if r is not None]
             folders = {root: os.path.join(FOLDERS.reserve(root), name) for root in roots}
+            self._reserved_roots = list(folders)  # released by close()
             self._call_folders = list(folders.values())
             self._spec = ResultSpec(max_nbytes, mmap_mode, temp_folder, folders)
         self._clock = None if timeout is None or self._sequential else self._make_clock()
@@ -397,5 +399,9 @@ class CallRun:
                 self._channel.close(abort)
             for folder in self._call_folders:
                 shutil.rmtree(folder, ignore_errors=True)
+            # A temp_folder's process folder goes once no call uses it and it is empty.
+            roots, self._reserved_roots = self._reserved_roots, []
+            for root in roots:
+                FOLDERS.release(root)
             if self._stop_backend:
                 self.backend.stop()

@@ -100,6 +100,7 @@ class _Call:
             roots = [pick_root(0, temp_folder)]
         name = call_folder_name()
         folders = {root: os.path.join(FOLDERS.reserve(root), name) for root in roots}
+        self.roots = list(folders)
         self.folders = list(folders.values())
         self.spec = ResultSpec(max_nbytes, mmap_mode, temp_folder, folders)
         self.nesting = nesting
@@ -121,6 +122,9 @@ class _Call:
         finally:
             for folder in self.folders:
                 shutil.rmtree(folder, ignore_errors=True)
+            roots, self.roots = self.roots, []
+            for root in roots:
+                FOLDERS.release(root)
 
 
 def _died(exc: BaseException) -> WorkerDiedError:

@@ -9,6 +9,7 @@ Functions and classes defined in ``__main__`` or notebooks go by value (cloudpic
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import threading
@@ -141,10 +142,19 @@ def dumps_batch(
 
 
 def _sendable_exception(exc: BaseException) -> BaseException:
-    try:
-        pickle.loads(cloudpickle.dumps(exc))
-    except Exception:
-        return RemoteTaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    """``exc`` if it survives pickling; else the same type with the same args and none of
+    its attributes (what ``except`` clauses look at; the caller rebuilds it by calling the
+    type with the args); else a :class:`RemoteTaskError` naming it.  The traceback text
+    travels separately."""
+    with contextlib.suppress(Exception):
+        return _round_tripped(exc)
+    with contextlib.suppress(Exception):
+        return _round_tripped(type(exc).__new__(type(exc), *exc.args))
+    return RemoteTaskError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+
+
+def _round_tripped(exc: BaseException) -> BaseException:
+    pickle.loads(cloudpickle.dumps(exc))
     return exc
 
 

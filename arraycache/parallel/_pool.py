@@ -354,8 +354,7 @@ class _Pool:
             if known is not None and known[1] == copy.digest:
                 del self._owners[key]
         copy.owners.clear()
-        with contextlib.suppress(OSError):
-            os.unlink(copy.path)
+        FOLDERS.discard(copy.path)
 
     def _bound(self, limit: Limit) -> int | None:
         if limit != "auto":

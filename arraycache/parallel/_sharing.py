@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..hashing import array_digest, remember_digest, stored_digest
-from ._folders import FOLDER_MODE, candidate_roots
+from ._folders import FOLDER_MODE, FOLDERS, candidate_roots
 from ._pool import (
     POOL,
     Copy,
@@ -386,8 +386,8 @@ def _adopt(path: str) -> str:
 
 
 def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    # Through FOLDERS: the last file out of a temp_folder's process folder removes it.
+    FOLDERS.discard(path)
 
 
 # --- opening ---------------------------------------------------------------------------------

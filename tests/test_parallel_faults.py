@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +432,21 @@ def test_argument_that_cannot_be_written_goes_through_the_pipe_with_a_warning(tm
             (float(N), "memmap")
         ]
         del big, fits, out
+        gc.collect()
+
+
+def test_array_updated_in_place_needs_room_for_one_copy_only(tmp_path):
+    # A folder with room for one copy of the array and not two: the previous copy of an
+    # array updated in place goes before the new one is written (no fallback warning).
+    with tmpfs(tmp_path / "small", "4m") as mnt:
+        data = np.zeros(N)  # 2.4 MB
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SharingFallbackWarning)
+            for step in range(1, 4):
+                data += 1
+                out = Parallel(n_jobs=2, temp_folder=str(mnt))(delayed(total)(data) for _ in [0])
+                assert out == [(float(N * step), "memmap")]
+        del data
         gc.collect()
 
 

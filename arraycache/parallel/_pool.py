@@ -278,12 +278,16 @@ class _Pool:
                 # that pinned it release the old object, harmlessly).
                 self._delete(copy)
                 copy = None
+            owner = owner_of(arr)
             if copy is None:
+                if owner is not None:
+                    # An array updated in place: its previous copy goes before the new
+                    # one is written, not after (one copy per array, not two, at peak).
+                    self._drop_previous(owner, digest)
                 copy = self._write(digest, arr, temp_folder, limit)
             else:
                 self._copies.move_to_end(digest)
             copy.pins += 1
-            owner = owner_of(arr)
             if owner is not None:
                 self._retain(owner, copy)
             return copy
@@ -338,6 +342,15 @@ class _Pool:
             ref = weakref.ref(owner, lambda r, key=key: self._owner_died(r, key))
         self._owners[key] = (ref, copy.digest)
         copy.owners.add(key)
+
+    def _drop_previous(self, owner: np.ndarray, digest: str) -> None:
+        known = self._owners.get(id(owner))
+        if known is None or known[0]() is not owner or known[1] == digest:
+            return
+        old = self._copies.get(known[1])
+        if old is not None:
+            old.owners.discard(id(owner))
+            self._drop_if_unused(old)
 
     def _drop_if_unused(self, copy: Copy) -> None:
         if copy.pins <= 0 and not copy.owners:

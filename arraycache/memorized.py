@@ -116,6 +116,8 @@ class MemorizedResult:
         self.storage_options = storage_options
         self.local_cache = local_cache
 
+    _metadata: dict[str, Any] | None = None  # read on first use (see metadata)
+
     def _store(self) -> Store:
         return open_store(self.location, self.storage_options, self.local_cache)
 
@@ -123,6 +125,30 @@ class MemorizedResult:
     def args_id(self) -> str:
         """The entry key (joblib's name for it)."""
         return self.entry.name
+
+    @property
+    def func_id(self) -> str:
+        """The function's folder, ``<module>/<qualname>`` (joblib's name for it)."""
+        return f"{self.entry.parent.parent.name}/{self.entry.parent.name}"
+
+    func = func_id  # as in joblib, where ``func`` is the identifier too
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """``duration``, ``time`` and ``input_args`` of the call that stored the result
+        (read from the entry on first access; empty if it is gone)."""
+        if self._metadata is None:
+            try:
+                meta = self._store().read_meta(self.entry)
+            except (ValueError, KeyError, OSError):
+                meta = None
+            self._metadata = MemorizedFunc._metadata(meta) if meta is not None else {}
+        return self._metadata
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the call that stored the result took."""
+        return self.metadata.get("duration")
 
     def get(self) -> Any:
         """Load the stored result.

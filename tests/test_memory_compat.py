@@ -123,3 +123,26 @@ def test_entry_of_an_older_format_is_recomputed_quietly(location: Path) -> None:
         np.testing.assert_array_equal(make(3), np.arange(3))
         np.testing.assert_array_equal(make(3), np.arange(3))
     assert calls == [3, 3]  # recomputed once, then the replacement hits
+
+
+def _slow_square(x):
+    import time
+
+    time.sleep(0.05)
+    return x * x
+
+
+@pytest.mark.parametrize("lib", [joblib, arraycache], ids=["joblib", "arraycache"])
+def test_memorized_result_attributes_as_joblib(lib, tmp_path: Path) -> None:
+    cached = lib.Memory(tmp_path, verbose=0).cache(_slow_square)
+    result = cached.call_and_shelve(3)
+    assert result.get() == 9
+    # The identifiers name this function and this call; two calls, two args_ids.
+    assert result.func == result.func_id
+    assert result.func_id.endswith("/_slow_square")
+    assert "test_memory_compat" in result.func_id
+    assert result.args_id != cached.call_and_shelve(4).args_id
+    # The stored call's metadata: how long it took, and its arguments.
+    assert result.duration >= 0.05
+    assert result.metadata["duration"] == result.duration
+    assert "x" in result.metadata["input_args"]

@@ -244,6 +244,15 @@ def generated_index(draw: st.DrawFn, n: int) -> pd.Index:
     return pd.MultiIndex.from_arrays([first, second], names=[name, draw(_LABELS)])
 
 
+def _keeping_object_dtype(values: object, index: pd.Index) -> object:
+    """Object arrays as a Series of object dtype: the frame constructors would infer
+    pandas 3's string dtype from them (Arrow-backed when pyarrow is installed, which
+    cannot hold lone surrogates)."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return pd.Series(values, index=index, dtype=object)
+    return values
+
+
 @st.composite
 def frames(draw: st.DrawFn, max_rows: int = 40) -> pd.DataFrame | pd.Series:
     """A DataFrame (columns of several kinds, possibly consolidated into blocks) or a
@@ -259,7 +268,8 @@ def frames(draw: st.DrawFn, max_rows: int = 40) -> pd.DataFrame | pd.Series:
         labels = draw(st.sampled_from(["str", "int", "mixed"]))
         names = {"str": [f"c{i}" for i in range(width)], "int": list(range(width)),
                  "mixed": [(f"c{i}" if i % 2 else i) for i in range(width)]}[labels]
-        data = {name: draw(generated_column(n)) for name in names}
+        data = {name: _keeping_object_dtype(draw(generated_column(n)), index)
+                for name in names}
         # The dict constructor consolidates same-dtype columns into 2-d blocks; building
         # column by column keeps one block per column: both layouts are stored.
         if draw(st.booleans()):

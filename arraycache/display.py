@@ -15,13 +15,13 @@ import datetime
 import html
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .journal import FUNCTION_STATS, Summary
 from .plainjson import dtype_from_json
-from .store import LocalStore
+from .store import LocalStore, Store, is_url
 
 if TYPE_CHECKING:
     from .memorized import MemorizedFunc, MemorizedResult
@@ -121,10 +121,12 @@ def folder_nbytes(folder: Path) -> int:
     return total
 
 
-def function_names(root: Path, ids: Iterable[str]) -> dict[str, str]:
+def function_names(root: Path | str, ids: Iterable[str]) -> dict[str, str]:
     """``module/qualname`` folder -> the function's dotted name (from its ``code.json``;
     the folder name when it is missing).  Folder names are made file-system safe, so
     ``f.<locals>.g`` is only spelled exactly in ``code.json``."""
+    if not isinstance(root, Path):
+        return {function_id: function_id for function_id in ids}  # a URL: no local folder
     names = {}
     for function_id in ids:
         try:
@@ -160,15 +162,21 @@ def describe_arrays(meta: dict[str, Any]) -> str:
     return f"{prefix}{count}, {human_size(nbytes)}: {', '.join(shown)}"
 
 
-def _location_stats(location: str) -> tuple[Path, dict[str, dict[str, float]] | None, str]:
-    """(root, per-function counters or None, why None)."""
-    root = Path(location).expanduser().absolute()
-    if not (root / "arraycache.json").is_file():
-        return root, {}, ""  # nothing stored yet: do not create the folder to say so
+def _location_stats(
+    location: str, store: Callable[[], Store | None]
+) -> tuple[Path | str, dict[str, dict[str, float]] | None, str]:
+    """(root or URL, per-function counters or None, why None); ``store`` opens the
+    location's store (for a URL: its statistics are kept on this machine)."""
     try:
+        if is_url(location):
+            opened = store()
+            return location, opened.stats() if opened is not None else {}, ""
+        root = Path(location).expanduser().absolute()
+        if not (root / "arraycache.json").is_file():
+            return root, {}, ""  # nothing stored yet: do not create the folder to say so
         return root, Summary(root).stats(), ""
     except Exception as exc:  # advisory: the display never fails
-        return root, None, f"statistics unavailable ({type(exc).__name__}: {exc})"
+        return location, None, f"statistics unavailable ({type(exc).__name__}: {exc})"
 
 
 def _totals(functions: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -218,7 +226,7 @@ def memory_html(memory: Memory) -> str:
     """Location, size, entries, hit rate, time saved and the largest functions."""
     if memory.location is None:
         return _html("Memory", "location=None", [("caching", "off: functions just run")])
-    root, functions, problem = _location_stats(memory.location)
+    root, functions, problem = _location_stats(memory.location, memory._store)
     if functions is None:
         return _html("Memory", str(root), [("state", problem)])
     t = _totals(functions)
@@ -251,7 +259,7 @@ def memory_html(memory: Memory) -> str:
 
 def func_html(func: MemorizedFunc) -> str:
     """Function name, location, entries, size, hits and misses, time saved."""
-    root, functions, problem = _location_stats(func.location)
+    root, functions, problem = _location_stats(func.location, lambda: func.store)
     if functions is None:
         return _html("MemorizedFunc", func.info.name, [("state", problem)])
     s = functions.get(func.func_id) or dict.fromkeys(FUNCTION_STATS, 0)

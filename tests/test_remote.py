@@ -546,6 +546,10 @@ def test_bookkeeping_is_kept_on_this_machine(url, opts, s3, machine):
     assert json.loads((folders[0] / "location.json").read_text())["location"] == url
     assert (folders[0] / ".arraycache" / "summary.sqlite").is_file()
     assert not any(".arraycache" in k for k in listing(s3, url))
+    # The notebook view shows the same numbers.
+    page = memory._repr_html_()
+    assert "2 of 4 calls" in page and "2 (1 function)" in page
+    assert "<td>2</td>" in f._repr_html_()  # its entries (and its hits)
     # The same bucket and prefix on another server is another cache.
     other = open_store(url.replace("/cache", "/other"), opts)
     assert other.local != folders[0]

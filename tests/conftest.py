@@ -96,3 +96,41 @@ def shared_files() -> list[str]:
         for dirpath, _, names in os.walk(folder)
         for name in names
     )
+
+
+# --- another PID namespace ---------------------------------------------------------------------
+
+#: Python code to run first in a fresh PID namespace, where pids are handed out in order:
+#: fork until a child gets the pid in $ARRAYCACHE_TEST_PID (one that no process of the
+#: test's namespace has, see :func:`free_pid`), and go on in that child.
+FORK_TO_PID = """
+import os as _os, sys as _sys
+_target = int(_os.environ["ARRAYCACHE_TEST_PID"])
+while True:
+    _child = _os.fork()
+    if _child == 0:
+        if _os.getpid() != _target:
+            _os._exit(0)
+        break
+    _os.waitpid(_child, 0)
+    if _child >= _target:
+        _sys.exit(0 if _child == _target else 3)
+"""
+
+#: Runs a command in a new PID namespace; its processes die with it.
+UNSHARE_PID = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+
+
+def free_pid() -> int:
+    """A pid that no process of this namespace has (and that is below the last one given)."""
+    taken = set(psutil.pids())
+    return next(pid for pid in range(300, 30_000) if pid not in taken)
+
+
+def skip_without_pid_namespaces() -> None:
+    """Skip the test unless this process can make PID namespaces (root, unshare)."""
+    if os.geteuid() != 0:
+        pytest.skip("a PID namespace needs root")
+    probe = subprocess.run([*UNSHARE_PID[:-1], "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no PID namespace here: {probe.stderr.strip()}")

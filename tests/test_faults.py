@@ -31,7 +31,13 @@ import pytest
 
 import arraycache
 from arraycache import persistence
-from tests.conftest import sigint_default_in_child
+from tests.conftest import (
+    FORK_TO_PID,
+    UNSHARE_PID,
+    free_pid,
+    sigint_default_in_child,
+    skip_without_pid_namespaces,
+)
 
 # --- helpers shared with test_concurrency.py -------------------------------------------------
 
@@ -476,21 +482,6 @@ def pausing_write_array(entry_dir, name, arr, compression):
 persistence.write_array = pausing_write_array
 """
 
-#: Run first in a fresh PID namespace: fork until a child gets the pid FAULT_PID (one
-#: that no process of the test's namespace has), and go on in that child.
-FORK_TO_PID = """
-target = int(os.environ["FAULT_PID"])
-while True:
-    child = os.fork()
-    if child == 0:
-        if os.getpid() != target:
-            os._exit(0)
-        break
-    os.waitpid(child, 0)
-    if child >= target:
-        sys.exit(0 if child == target else 3)
-"""
-
 WRITE_THREE = "jobs.check_three_arrays(jobs.memory().cache(jobs.three_arrays)(50_000), 50_000)"
 
 
@@ -527,17 +518,10 @@ def test_reduce_size_keeps_the_folder_of_a_live_writer(lab):
 
 def test_reduce_size_keeps_the_folder_of_a_writer_in_another_pid_namespace(lab):
     """A real second PID namespace sharing the cache (a container on a shared volume)."""
-    if os.geteuid() != 0:
-        pytest.skip("a PID namespace needs root")
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"no PID namespace here: {probe.stderr.strip()}")
-    taken = set(psutil.pids())
-    target = next(pid for pid in range(300, 30_000) if pid not in taken)
-    writer = lab.spawn(FORK_TO_PID + PAUSE_IN_WRITE + WRITE_THREE, "writer",
-                       ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child"),
-                       FAULT_PID=str(target))
+    skip_without_pid_namespaces()
+    target = free_pid()
+    writer = lab.spawn(FORK_TO_PID + PAUSE_IN_WRITE + WRITE_THREE, "writer", UNSHARE_PID,
+                       ARRAYCACHE_TEST_PID=str(target))
     lab.wait_for("mid-write")
     # The folder is named after a pid that, here, belongs to no process.
     assert _writing_folder(lab).name.split(".tmp-")[1].split("-")[0] == str(target)

@@ -34,7 +34,13 @@ from arraycache.parallel._sharing import (
     remember_mapping,
 )
 
-from .conftest import shared_files
+from .conftest import (
+    FORK_TO_PID,
+    UNSHARE_PID,
+    free_pid,
+    shared_files,
+    skip_without_pid_namespaces,
+)
 
 N = 300_000  # float64 elements: 2.4 MB, above the default max_nbytes of 1 MB
 
@@ -237,13 +243,13 @@ HOLDER = """
 
 
 @contextlib.contextmanager
-def holder_process(root: Path, prefix: list[str] | None = None, argv: list[str] | None = None,
-                   script: str = HOLDER):
+def holder_process(root: Path, prefix: tuple[str, ...] = (), script: str = HOLDER,
+                   **env: str):
     """A real process holding its sharing folder under ``root``; yields (process, folder)."""
     path = root / "holder.py"
     path.write_text(textwrap.dedent(script))
     proc = subprocess.Popen(
-        [*(prefix or []), sys.executable, str(path), str(root), *(argv or [])],
+        [*prefix, sys.executable, str(path), str(root)], env={**os.environ, **env},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -265,12 +271,6 @@ def kill_and_wait(proc: subprocess.Popen) -> None:
     proc.wait()
     _, alive = psutil.wait_procs(tree, timeout=30)
     assert alive == []
-
-
-def free_pid() -> int:
-    """A pid that no process of this namespace has (and that is below the last one given)."""
-    taken = set(psutil.pids())
-    return next(pid for pid in range(300, 30_000) if pid not in taken)
 
 
 def test_live_folder_is_kept_whatever_pid_its_name_says(tmp_path):
@@ -312,43 +312,15 @@ def test_folders_of_dead_owners_are_swept_and_unproven_ones_kept(tmp_path):
     FOLDERS.remove_root(str(tmp_path))
 
 
-NAMESPACED_HOLDER = """
-    import os, sys
-
-    # In a fresh PID namespace pids are handed out in order: fork until a child gets
-    # the pid asked for (one that no process of the test's namespace has).
-    target = int(sys.argv[2])
-    while True:
-        child = os.fork()
-        if child == 0:
-            if os.getpid() != target:
-                os._exit(0)
-            break
-        os.waitpid(child, 0)
-        if child >= target:
-            sys.exit(0 if child == target else 3)
-
-    from arraycache.parallel._folders import FOLDERS
-
-    folder = FOLDERS.folder(sys.argv[1])
-    with open(os.path.join(folder, "in-use.bin"), "wb") as f:
-        f.write(b"data a running call maps")
-    print(folder, flush=True)
-    sys.stdin.readline()
-"""
+NAMESPACED_HOLDER = FORK_TO_PID + textwrap.dedent(HOLDER)
 
 
 def test_live_folder_of_another_pid_namespace_is_kept(tmp_path):
     """A real second PID namespace sharing the folder's root (as ``--ipc=host`` does)."""
-    if os.geteuid() != 0:
-        pytest.skip("a PID namespace needs root")
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"no PID namespace here: {probe.stderr.strip()}")
+    skip_without_pid_namespaces()
     target = free_pid()
-    prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
-    with holder_process(tmp_path, prefix, [str(target)], NAMESPACED_HOLDER) as (proc, folder):
+    with holder_process(tmp_path, UNSHARE_PID, NAMESPACED_HOLDER,
+                        ARRAYCACHE_TEST_PID=str(target)) as (proc, folder):
         assert folder.name.startswith(f"{PREFIX}{target}-")
         assert not psutil.pid_exists(target)  # here, its pid belongs to no process
         assert remove_stale_folders(str(tmp_path)) == []

@@ -18,6 +18,7 @@ import arraycache
 from arraycache.cli import main
 from arraycache.display import human_size
 from arraycache.journal import close_journals
+from arraycache.liveness import OWNED
 from arraycache.store import FORMAT_VERSION
 
 CONSOLE = Path(sys.executable).with_name("arraycache")
@@ -275,17 +276,18 @@ def test_verify_finds_a_flipped_byte_and_repair_removes_the_entry(location, cach
 
 def test_prune_removes_leftovers_and_evicts_least_recently_used(location, cache):
     _, sq, tb = cache
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
     some_entry = entry_dirs(location, sq)["1"]
-    leftover = some_entry.with_name(f"{some_entry.name}.tmp-{dead}-abcd1234")
+    # A writer that died: its temporary folder, and the lock file nobody holds any more.
+    leftover = some_entry.with_name(f"{some_entry.name}.tmp-12345-abcd1234")
     leftover.mkdir()
-    live = some_entry.with_name(f"{some_entry.name}.tmp-{os.getpid()}-abcd1234")
-    live.mkdir()
+    Path(f"{leftover}.lock").touch()
+    # A live writer (this process) holds the lock of its folder.
+    live = OWNED.make(some_entry.with_name(f"{some_entry.name}.tmp-{os.getpid()}-abcd1234"))
 
     kept = run_json("prune", location, "--age", "12h", console=True)
     assert (kept["leftovers_removed"], kept["evicted"], kept["entries"]) == (1, [], 4)
-    assert not leftover.exists() and live.exists()
+    assert not leftover.exists() and not Path(f"{leftover}.lock").exists()
+    assert live.exists()
 
     # Least recently used first: square 3 (never hit), then square 1; 2 and table stay.
     dirs = entry_dirs(location, sq)
@@ -296,7 +298,7 @@ def test_prune_removes_leftovers_and_evicts_least_recently_used(location, cache)
     assert [sq.check_call_in_cache(x) for x in (1, 2, 3)] == [False, True, False]
     assert tb.check_call_in_cache(7)
     assert "evicted 0 entries" in run("prune", location, "--items-limit", "2").stdout
-    live.rmdir()
+    OWNED.remove(live)
 
 
 def test_prune_rejects_bad_limits(location, cache):

@@ -138,13 +138,7 @@ DIFFERENT_ON_PURPOSE: dict[str, str] = {
 }
 
 #: Public behaviour that differs from joblib's and should not: deselected until fixed.
-KNOWN_DIFFERENCES_TO_FIX: dict[str, str] = {
-    "test_parallel::test_threadpool_limitation_in_child_context[*-4]": (
-        "inner_max_num_threads=4 on this 2-CPU machine: arraycache's loky workers get "
-        "OPENBLAS_NUM_THREADS=4 but OpenBLAS reports 2 threads (numpy is loaded in the "
-        "worker before the environment is applied?); joblib's workers report 4"
-    ),
-}
+KNOWN_DIFFERENCES_TO_FIX: dict[str, str] = {}
 
 
 @dataclass

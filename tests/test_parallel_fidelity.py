@@ -699,3 +699,35 @@ def test_recursive_parallel_calls_end_in_recursion_error():
     # until Python's recursion limit, and the RecursionError reaches the caller.
     with pytest.raises(RecursionError):
         _recurse_in_parallel()
+
+
+# --- leaving a `with` block while a generator call runs ----------------------------------------
+
+
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_with_block_end_aborts_a_running_generator_call(return_as):
+    started: list[int] = []
+    release = threading.Event()
+    # Unblocks the tasks in any case, so that a regression fails instead of hanging.
+    failsafe = threading.Timer(30, release.set)
+    failsafe.start()
+
+    def task(i):
+        started.append(i)
+        release.wait()
+        return i
+
+    try:
+        with Parallel(n_jobs=2, backend="threading", return_as=return_as) as parallel:
+            results = parallel(delayed(task)(i) for i in range(10))
+            while len(started) < 2:
+                time.sleep(0.001)
+        # As joblib: the block's end dropped the queued tasks without waiting for them.
+        assert not release.is_set()
+        release.set()
+        with pytest.raises(RuntimeError, match="aborted when its `with` block ended"):
+            list(results)
+        assert sorted(started) == [0, 1]
+    finally:
+        failsafe.cancel()
+        release.set()

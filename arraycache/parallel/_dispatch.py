@@ -128,6 +128,9 @@ class CallRun:
         self._spec: ResultSpec | None = None
         self._call_folders: list[str] = []
         self._reserved_roots: list[str] = []
+        #: Why the call was aborted before its results were all read (then reading on
+        #: raises RuntimeError with it, rather than ending early as if complete).
+        self.abandoned: str | None = None
         # A backend that ships pickled batches its own way (dask): see call_channel.
         self._channel: Any = None
         if not backend.uses_processes and not self._sequential:
@@ -321,6 +324,7 @@ class CallRun:
         """Run the call; yield ``(task index, result)`` in order, or as completed."""
         next_index = 0
         with self.backend.retrieval_context():
+            self._check_abandoned()
             self.start()
             while self._inflight:
                 done = self._wait()
@@ -343,7 +347,12 @@ class CallRun:
                     for i, value in enumerate(values):
                         yield next_index + i, value
                     next_index += len(values)
+            self._check_abandoned()
         self.progress.finished(self.n_completed)
+
+    def _check_abandoned(self) -> None:
+        if self.abandoned is not None:
+            raise RuntimeError(self.abandoned)
 
     def _promote_waiting(self) -> None:
         # A completion frees a worker: the oldest queued batch starts now (for timeouts

@@ -290,6 +290,16 @@ class Parallel:
     def __exit__(self, *exc_info: object) -> None:
         self._managed = False
         try:
+            # As joblib's: a generator call still running when the block ends is aborted
+            # (queued tasks dropped, threads left to finish their task in the background),
+            # so leaving the block does not wait for work nobody will read.
+            run = self._running() if self._running is not None else None
+            if run is not None and not run._closed:
+                run.abandoned = (
+                    "this Parallel call was aborted when its `with` block ended; consume "
+                    "the generator inside the block"
+                )
+                _end(run, True)
             self._backend.stop()
         finally:
             root, self._reserved_root = self._reserved_root, None

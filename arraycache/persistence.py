@@ -363,19 +363,19 @@ def read_array(
         dtype = dtype_with_metadata(dtype, metadata)
     shape = tuple(spec["shape"])
     order = spec["order"]
-    array_dir = entry_dir / name
     if spec["codec"] is not None:
         try:
-            arr = _read_compressed(array_dir, spec, dtype, shape)
+            arr = _read_compressed(Path(entry_dir) / name, spec, dtype, shape)
         except (OSError, ValueError, RuntimeError) as exc:
             raise EntryDamaged(f"array {name!r} cannot be decoded: {exc}") from exc
         _check_digests(arr, spec, name)
         return arr
     if spec["nbytes"] == 0:
         return np.empty(shape, dtype=dtype, order=order)
-    path = _chunk_path(array_dir, (0,) * len(shape))
+    # The one chunk's file, joined as a string (pathlib costs microseconds on every hit).
+    path = os.path.join(entry_dir, name, "c", *("0" * len(shape)))
     try:
-        size = path.stat().st_size
+        size = os.stat(path).st_size
     except OSError as exc:
         raise EntryDamaged(f"array {name!r} has no data file: {exc}") from exc
     expected = spec.get("file_nbytes", spec["nbytes"])
@@ -384,7 +384,7 @@ def read_array(
     if mmap_mode is not None:
         # 'w+' would create the file anew, zeroing the cached data: map it 'r+' (as joblib).
         mode = "r+" if mmap_mode == "w+" else mmap_mode
-        arr = np.memmap(str(path), dtype=dtype, mode=mode, shape=shape, order=order)
+        arr = np.memmap(path, dtype=dtype, mode=mode, shape=shape, order=order)
         if mmap_mode == "r":
             remember_digest(arr, spec["digest"])
         return arr
@@ -393,7 +393,7 @@ def read_array(
     return arr
 
 
-def _read_and_check(path: Path, arr: np.ndarray, spec: dict[str, Any], name: str) -> None:
+def _read_and_check(path: str, arr: np.ndarray, spec: dict[str, Any], name: str) -> None:
     """Read a raw chunk file into ``arr`` one block at a time, checking each block's
     digest while it is still in the CPU cache: verification then costs next to nothing
     (measured: 1 GiB read 0.111 s unchecked, 0.116 s checked; hashing after the read
@@ -591,7 +591,8 @@ def load(
     EntryDamaged
         If any part of the entry is missing or does not match its metadata.
     """
-    entry_dir = Path(entry_dir)
+    if not isinstance(entry_dir, Path):
+        entry_dir = Path(entry_dir)
     try:
         arrays = {
             name: read_array(entry_dir, name, spec, mmap_mode)

@@ -33,6 +33,18 @@ def _sigint_handler_restored():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A library a test starts may change this process's environment for good: a dask
+    LocalCluster sets OPENBLAS_NUM_THREADS=1 and OMP_NUM_THREADS=1 here, which every later
+    child process (joblib's own test suite among them) would inherit."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture
 def location(tmp_path: Path) -> Path:
     """A fresh cache folder (removed with tmp_path)."""

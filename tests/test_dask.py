@@ -52,6 +52,9 @@ def cluster(tmp_path_factory):
     """(LocalCluster, Client), closed at the end with nothing left behind."""
     children = {p.pid for p in worker_processes()}
     ports = _listening_ports()
+    # The cluster sets OPENBLAS_NUM_THREADS=1 and OMP_NUM_THREADS=1 in this process's
+    # environment, which later tests' children would inherit: put it back after.
+    environment = dict(os.environ)
     folder = tmp_path_factory.mktemp("dask-workers")
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(
@@ -65,6 +68,8 @@ def cluster(tmp_path_factory):
     finally:
         client.close()
         cluster.close()
+        os.environ.clear()
+        os.environ.update(environment)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in workers):
         time.sleep(0.1)

@@ -70,7 +70,7 @@ def report(r, folder):
             os.path.join(root, name) for root in FOLDERS.existing() if os.path.isdir(root)
             for name in os.listdir(root) if name.startswith("call-")
         ]
-        state["pinned"] = [copy.path for copy in POOL._copies.values() if copy.pins]
+        state["pinned"] = POOL.pinned_paths()
     with open(os.path.join(marks, f"report-{r}.tmp"), "w") as f:
         json.dump(state, f)
     os.rename(os.path.join(marks, f"report-{r}.tmp"), os.path.join(marks, f"report-{r}.json"))

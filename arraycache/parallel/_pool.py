@@ -4,23 +4,14 @@ An array above ``max_nbytes`` that does not already live in a file is written on
 named by its content digest, into this process's folder (see ``_folders``), and the
 workers map that file.  Keeping the copy after the call lets a later call with the
 same array skip the write (the common loop: a grid search, calls in a notebook), but
-the copy is RAM when it is in ``/dev/shm``.  What stays, and why:
-
-- while a call that sent a copy runs, the copy stays (it is *pinned*);
-- after the calls, a copy stays only for an array that *owns* its data (the base of
-  its view chain) and was sent whole (itself, a reshape, a transpose): its *owner*.
-  One copy per owner: when the owner is sent again with other content (updated in
-  place), the new copy replaces the old one as soon as no running call uses it.
-  Copies of partial views (windows, slices) last only for their call: a long-lived
-  base with many windows would otherwise keep one copy per window;
-- the copy goes when its owner is collected;
-- all copies together stay under a bound, ``max_shared_bytes``: least recently used
-  copies not pinned by a running call are dropped first.  The default, ``'auto'``,
-  is a quarter of the memory that would be available without the pool
-  (``psutil.virtual_memory().available`` plus the pool's bytes in ``/dev/shm``),
-  measured when a copy is added or released; ``0`` keeps nothing after a call (as
-  joblib), ``None`` sets no bound.  Set it with :func:`set_max_shared_bytes` (process
-  wide) or per call through :class:`~arraycache.parallel._sharing.CallSharing`.
+the copy is RAM when it is in ``/dev/shm``.  What stays, and why, is ``_pinned``'s rule
+(pinned while a call uses it, then kept for the array that owns the data, one copy per
+owner, under a bound, least recently used first).  The bound, ``max_shared_bytes``:
+the default, ``'auto'``, is a quarter of the memory that would be available without the
+pool (``psutil.virtual_memory().available`` plus the pool's bytes in ``/dev/shm``),
+measured when a copy is added or released; ``0`` keeps nothing after a call (as joblib),
+``None`` sets no bound.  Set it with :func:`set_max_shared_bytes` (process wide) or per
+call through :class:`~arraycache.parallel._sharing.CallSharing`.
 
 Writes go to ``/dev/shm`` when it has room for the array (memory included), else to
 the temporary directory on disk; a root that fails (full, read-only) is skipped.
@@ -28,14 +19,11 @@ the temporary directory on disk; a root that fails (full, read-only) is skipped.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import math
 import numbers
 import os
-import threading
 import uuid
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -43,6 +31,7 @@ import numpy as np
 import psutil
 
 from ._folders import FILE_MODE, FOLDERS, SHM, candidate_roots
+from ._pinned import Limit, PinnedCopies
 
 __all__ = [
     "AUTO_FRACTION",
@@ -57,7 +46,6 @@ __all__ = [
 #: Share of the memory available without the pool that ``'auto'`` lets the pool keep.
 AUTO_FRACTION = 0.25
 
-Limit = int | str | None
 
 _max_shared_bytes: list[Limit] = ["auto"]
 
@@ -194,73 +182,12 @@ class Copy:
     """Owner keys (see ``_Pool._owners``) whose current copy this is."""
 
 
-def byte_extent(arr: np.ndarray) -> tuple[int, int]:
-    """(lowest, highest + 1) address ``arr`` touches."""
-    low = high = arr.__array_interface__["data"][0]
-    for n, stride in zip(arr.shape, arr.strides, strict=True):
-        if stride < 0:
-            low += stride * (n - 1)
-        else:
-            high += stride * (n - 1)
-    return low, high + arr.itemsize
-
-
-def owner_of(arr: np.ndarray) -> np.ndarray | None:
-    """The array that owns ``arr``'s data if ``arr`` covers all of it, else None."""
-    owner = arr
-    while isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    if owner is arr:
-        return owner
-    if arr.nbytes == owner.nbytes and byte_extent(arr) == byte_extent(owner):
-        return owner
-    return None
-
-
-class _Pool:
+class _Pool(PinnedCopies[Copy]):
     """Process-wide: content digest -> :class:`Copy`, in least recently used order."""
 
     def __init__(self) -> None:
-        # Not reentrant on purpose: weakref callbacks (run by the garbage collector at any
-        # allocation, maybe inside a method below) only queue their news, which the lock
-        # holder applies before releasing; the pool never changes under a method's feet.
-        self._lock = threading.Lock()
-        self._copies: collections.OrderedDict[str, Copy] = collections.OrderedDict()
-        # id(owner) -> (weak reference to the owner, digest of its current copy)
-        self._owners: dict[int, tuple[weakref.ref, str]] = {}
-        self._gone: collections.deque[tuple[int, weakref.ref]] = collections.deque()
-        self._bytes = 0
+        super().__init__()
         self._shm_bytes = 0
-
-    # --- locking with deferred owner deaths ---
-
-    @contextlib.contextmanager
-    def _locked(self):
-        with self._lock:
-            yield
-            self._apply_gone()
-
-    def _owner_died(self, ref: weakref.ref, key: int) -> None:
-        self._gone.append((key, ref))
-        if self._lock.acquire(blocking=False):
-            try:
-                self._apply_gone()
-            finally:
-                self._lock.release()
-
-    def _apply_gone(self) -> None:
-        while self._gone:
-            key, ref = self._gone.popleft()
-            known = self._owners.get(key)
-            if known is None or known[0] is not ref:
-                continue  # the id was reused by a newer owner
-            del self._owners[key]
-            copy = self._copies.get(known[1])
-            if copy is not None:
-                copy.owners.discard(key)
-                self._drop_if_unused(copy)
-
-    # --- public ---
 
     def acquire(self, digest: str, arr: np.ndarray, temp_folder: str | None,
                 limit: Limit) -> Copy:
@@ -271,43 +198,19 @@ class _Pool:
         SharingWriteError
             If no sharing folder takes it (the pool is unchanged).
         """
-        with self._locked():
-            copy = self._copies.get(digest)
-            if copy is not None and not _unchanged(copy):
-                # Removed or altered by someone else: drop it and write it again (calls
-                # that pinned it release the old object, harmlessly).
-                self._delete(copy)
-                copy = None
-            owner = owner_of(arr)
-            if copy is None:
-                if owner is not None:
-                    # An array updated in place: its previous copy goes before the new
-                    # one is written, not after (one copy per array, not two, at peak).
-                    self._drop_previous(owner, digest)
-                copy = self._write(digest, arr, temp_folder, limit)
-            else:
-                self._copies.move_to_end(digest)
-            copy.pins += 1
-            if owner is not None:
-                self._retain(owner, copy)
-            return copy
-
-    def release(self, copies: Iterable[Copy], limit: Limit) -> None:
-        """Undo one :meth:`acquire` pin per copy, then apply ``limit``."""
-        with self._locked():
-            for copy in copies:
-                copy.pins -= 1
-                self._drop_if_unused(copy)
-            self._shrink(limit)
+        # A copy removed or altered by someone else is written again.
+        return self._acquire(digest, arr, lambda: self._write(digest, arr, temp_folder, limit),
+                             _unchanged)
 
     def paths(self) -> list[str]:
         """Paths of the copies, least recently used first (for tests and diagnostics)."""
         with self._locked():
-            return [copy.path for copy in self._copies.values()]
+            return [copy.path for copy in self._items.values()]
 
-    def nbytes(self) -> int:
-        """Bytes of all copies."""
-        return self._bytes
+    def pinned_paths(self) -> list[str]:
+        """Paths of the copies that running calls use (for tests and diagnostics)."""
+        with self._locked():
+            return [copy.path for copy in self._items.values() if copy.pins]
 
     # --- inside the lock ---
 
@@ -320,56 +223,14 @@ class _Pool:
             arr, f"{digest}.bin", [(r, lambda r=r: FOLDERS.folder(r)) for r in roots]
         )
         copy = Copy(digest, path, order, arr.nbytes, root == SHM, _stat(path))
-        self._copies[digest] = copy
-        self._bytes += copy.nbytes
         self._shm_bytes += copy.nbytes if copy.in_shm else 0
         return copy
 
-    def _retain(self, owner: np.ndarray, copy: Copy) -> None:
-        key = id(owner)
-        ref = None
-        known = self._owners.get(key)
-        if known is not None:
-            ref, previous = known
-            if ref() is not owner:
-                ref = None  # a dead owner whose id was reused; its death is still queued
-            old = self._copies.get(previous)
-            if old is not None and old is not copy:
-                # The owner's content changed: its old copy goes once no call uses it.
-                old.owners.discard(key)
-                self._drop_if_unused(old)
-        if ref is None:
-            ref = weakref.ref(owner, lambda r, key=key: self._owner_died(r, key))
-        self._owners[key] = (ref, copy.digest)
-        copy.owners.add(key)
-
-    def _drop_previous(self, owner: np.ndarray, digest: str) -> None:
-        known = self._owners.get(id(owner))
-        if known is None or known[0]() is not owner or known[1] == digest:
-            return
-        old = self._copies.get(known[1])
-        if old is not None:
-            old.owners.discard(id(owner))
-            self._drop_if_unused(old)
-
-    def _drop_if_unused(self, copy: Copy) -> None:
-        if copy.pins <= 0 and not copy.owners:
-            self._delete(copy)
-
-    def _delete(self, copy: Copy) -> None:
-        if self._copies.get(copy.digest) is not copy:
-            return  # already dropped
-        del self._copies[copy.digest]
-        self._bytes -= copy.nbytes
+    def _dispose(self, copy: Copy) -> None:
         self._shm_bytes -= copy.nbytes if copy.in_shm else 0
-        for key in copy.owners:
-            known = self._owners.get(key)
-            if known is not None and known[1] == copy.digest:
-                del self._owners[key]
-        copy.owners.clear()
         FOLDERS.discard(copy.path)
 
-    def _bound(self, limit: Limit) -> int | None:
+    def _bound(self, limit: Limit, measure: bool = True) -> int | None:
         if limit != "auto":
             return limit  # type: ignore[return-value]
         try:
@@ -377,19 +238,6 @@ class _Pool:
         except Exception:  # no /proc (a locked-down sandbox): keep nothing beyond calls
             return 0
         return int(AUTO_FRACTION * (available + self._shm_bytes))
-
-    def _shrink(self, limit: Limit, incoming: int = 0) -> None:
-        """Drop unpinned copies, least recently used first, until ``incoming`` more fits."""
-        if limit is None or not self._copies:
-            return
-        bound = self._bound(limit)
-        if bound is None or self._bytes + incoming <= bound:
-            return
-        for copy in list(self._copies.values()):
-            if self._bytes + incoming <= bound:
-                break
-            if copy.pins <= 0:
-                self._delete(copy)
 
 
 def _stat(path: str) -> tuple[int, int, int, int]:

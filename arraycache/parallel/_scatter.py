@@ -2,7 +2,7 @@
 tasks receive them (see ``_dask`` for the backend).
 
 The registry (one per client, keyed by content digest) follows the rules of the local
-sharing pool (``_pool``) with futures instead of files: an entry is *pinned* while a
+sharing pool (``_pinned``, ``_pool``) with futures instead of files: an entry is *pinned* while a
 call that uses it runs; after the calls it stays as long as the array it came from (its
 owner: the array owning the data, sent whole) lives; all entries together stay under
 ``max_shared_bytes`` (``'auto'``: a quarter of the smallest worker memory limit, since
@@ -14,12 +14,10 @@ released and scattered again never races with its own release.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import threading
 import time
 import uuid
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +25,8 @@ import numpy as np
 import psutil
 
 from ..hashing import _array_header, remember_digest
-from ._pool import AUTO_FRACTION, Limit, owner_of
+from ._pinned import Limit, PinnedCopies
+from ._pool import AUTO_FRACTION
 
 __all__ = [
     "Entry", "Registry", "Shipped", "receiving", "registry_of", "scattered_array",
@@ -113,129 +112,41 @@ class Entry:
     owners: set[int] = field(default_factory=set)
 
 
-class Registry:
-    """Digest -> scattered array on one client's cluster, least recently used first.
-
-    The same rules as ``_pool._Pool`` (pins, owners, bound), with futures instead of
-    files; a weakref callback (an owner collected, at any allocation) only queues its
-    news, applied by whoever holds the lock.
-    """
+class Registry(PinnedCopies[Entry]):
+    """Digest -> scattered array on one client's cluster, least recently used first:
+    the rules of ``_pinned`` with futures instead of files."""
 
     _BOUND_TTL = 10.0  # seconds a measured 'auto' bound is reused
 
     def __init__(self, client: Any) -> None:
+        super().__init__()
         self.client = client
-        self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
-        self._owners: dict[int, tuple[weakref.ref, str]] = {}
-        self._gone: collections.deque[tuple[int, weakref.ref]] = collections.deque()
-        self._bytes = 0
         self._auto: tuple[float, int] | None = None
-
-    @contextlib.contextmanager
-    def _locked(self):
-        with self._lock:
-            yield
-            self._apply_gone()
-
-    def _owner_died(self, ref: weakref.ref, key: int) -> None:
-        self._gone.append((key, ref))
-        if self._lock.acquire(blocking=False):
-            try:
-                self._apply_gone()
-            finally:
-                self._lock.release()
-
-    def _apply_gone(self) -> None:
-        while self._gone:
-            key, ref = self._gone.popleft()
-            known = self._owners.get(key)
-            if known is None or known[0] is not ref:
-                continue
-            del self._owners[key]
-            entry = self._entries.get(known[1])
-            if entry is not None:
-                entry.owners.discard(key)
-                self._drop_if_unused(entry)
 
     def acquire(
         self, digest: str, arr: np.ndarray, limit: Limit, broadcast: bool = False
     ) -> Entry:
         """The scattered copy of ``arr`` (content ``digest``), scattered if missing, pinned."""
-        with self._locked():
-            entry = self._entries.get(digest)
-            if entry is not None and entry.future.status != "finished":
-                # Lost (its workers died) or cancelled (client restarted): send it again.
-                self._delete(entry)
-                entry = None
-            if entry is None:
-                self._shrink(limit, incoming=arr.nbytes, measure=True)
-                entry = self._scatter(digest, arr, broadcast)
-            else:
-                self._entries.move_to_end(digest)
-            entry.pins += 1
-            owner = owner_of(arr)
-            if owner is not None:
-                self._retain(owner, entry)
-            return entry
+        def scatter() -> Entry:
+            self._shrink(limit, incoming=arr.nbytes, measure=True)
+            return self._scatter(digest, arr, broadcast)
 
-    def release(self, entries: list[Entry], limit: Limit) -> None:
-        """Undo one :meth:`acquire` pin per entry, then apply ``limit``."""
-        with self._locked():
-            for entry in entries:
-                entry.pins -= 1
-                self._drop_if_unused(entry)
-            self._shrink(limit)
+        # One lost (its workers died) or cancelled (client restarted) is sent again.
+        return self._acquire(digest, arr, scatter,
+                             lambda entry: entry.future.status == "finished")
 
     def keys(self) -> list[str]:
         """Cluster keys of the scattered arrays, least recently used first."""
         with self._locked():
-            return [entry.key for entry in self._entries.values()]
-
-    def nbytes(self) -> int:
-        """Bytes of all scattered arrays."""
-        return self._bytes
+            return [entry.key for entry in self._items.values()]
 
     def _scatter(self, digest: str, arr: np.ndarray, broadcast: bool) -> Entry:
         key = f"arraycache-array-{digest}-{uuid.uuid4().hex[:8]}"
         plain = arr.view(np.ndarray) if isinstance(arr, np.memmap) else arr
         future = self.client.scatter({key: Shipped(plain)}, hash=False, broadcast=broadcast)[key]
-        entry = Entry(digest, key, future, arr.nbytes)
-        self._entries[digest] = entry
-        self._bytes += entry.nbytes
-        return entry
+        return Entry(digest, key, future, arr.nbytes)
 
-    def _retain(self, owner: np.ndarray, entry: Entry) -> None:
-        key = id(owner)
-        ref = None
-        known = self._owners.get(key)
-        if known is not None:
-            ref, previous = known
-            if ref() is not owner:
-                ref = None
-            old = self._entries.get(previous)
-            if old is not None and old is not entry:
-                old.owners.discard(key)  # the owner's content changed
-                self._drop_if_unused(old)
-        if ref is None:
-            ref = weakref.ref(owner, lambda r, key=key: self._owner_died(r, key))
-        self._owners[key] = (ref, entry.digest)
-        entry.owners.add(key)
-
-    def _drop_if_unused(self, entry: Entry) -> None:
-        if entry.pins <= 0 and not entry.owners:
-            self._delete(entry)
-
-    def _delete(self, entry: Entry) -> None:
-        if self._entries.get(entry.digest) is not entry:
-            return
-        del self._entries[entry.digest]
-        self._bytes -= entry.nbytes
-        for key in entry.owners:
-            known = self._owners.get(key)
-            if known is not None and known[1] == entry.digest:
-                del self._owners[key]
-        entry.owners.clear()
+    def _dispose(self, entry: Entry) -> None:
         # Thread-safe (it goes through the client's event loop); the scheduler forgets
         # the data once no task needs it.
         with contextlib.suppress(Exception):
@@ -264,18 +175,6 @@ class Registry:
             return psutil.virtual_memory().total
         except Exception:
             return 0
-
-    def _shrink(self, limit: Limit, incoming: int = 0, measure: bool = False) -> None:
-        if limit is None:
-            return
-        bound = self._bound(limit, measure)
-        if bound is None or not self._entries or self._bytes + incoming <= bound:
-            return
-        for entry in list(self._entries.values()):
-            if self._bytes + incoming <= bound:
-                break
-            if entry.pins <= 0:
-                self._delete(entry)
 
 
 # client -> its registry; closed clients are dropped when the next one is looked up.

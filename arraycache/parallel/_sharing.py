@@ -34,11 +34,11 @@ import numpy as np
 
 from ..hashing import array_digest, remember_digest, stored_digest
 from ._folders import FOLDER_MODE, FOLDERS, candidate_roots
+from ._pinned import byte_extent
 from ._pool import (
     POOL,
     Copy,
     SharingWriteError,
-    byte_extent,
     check_limit,
     get_max_shared_bytes,
     write_first,

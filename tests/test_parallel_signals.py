@@ -33,7 +33,7 @@ from tests.conftest import sigint_default_in_child
 # the sharing folder), each interrupted by the test.  After each interrupted call it
 # writes what is left of the call; the last KeyboardInterrupt then ends the process.
 CHILD = r"""
-import json, os, sys, time
+import json, os, signal, sys, time
 import numpy as np
 import psutil
 
@@ -83,17 +83,19 @@ for r in range(rounds):
     try:
         Parallel(n_jobs=n_jobs)(delayed(task)(folder, i, x) for i in range(2 * n_jobs))
     except KeyboardInterrupt:
-        report(r, folder)
-        if r == rounds - 1:
-            raise
         # The second SIGINT of the pair may land after the call has already ended (its
         # cleanup can take less than the gap), as a second Ctrl-C in a notebook lands in
-        # whatever runs next: let it land here, not in the next round's call.
+        # whatever runs next: here it is ignored, so that it cuts neither the report nor
+        # the next round's call short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        report(r, folder)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if r == rounds - 1:
+            raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         while not os.path.exists(os.path.join(marks, f"next-{r}")):
-            try:
-                time.sleep(0.01)
-            except KeyboardInterrupt:
-                pass
+            time.sleep(0.01)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     else:
         sys.exit("the call was not interrupted")
 """

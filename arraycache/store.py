@@ -251,12 +251,7 @@ def open_store(location: str | os.PathLike, storage_options: dict | None = None,
         from .remote import RemoteStore  # fsspec is only imported for URLs
 
         return RemoteStore(str(location), storage_options, local_cache, create=create)
-    if storage_options:
-        raise ValueError(f"storage_options are for URL locations (s3://...), and "
-                         f"{os.fspath(location)!r} is a local folder")
-    if local_cache is not None:
-        raise ValueError(f"local_cache is for URL locations (s3://...), and "
-                         f"{os.fspath(location)!r} is a local folder")
+    _refuse_url_options(location, storage_options, local_cache)
     return LocalStore(_local_path(location))
 
 
@@ -272,6 +267,11 @@ def check_location(location: str | os.PathLike, storage_options: dict | None = N
             raise TypeError(f"storage_options must be a dict, not "
                             f"{type(storage_options).__name__}")
         return
+    _refuse_url_options(location, storage_options, local_cache)
+
+
+def _refuse_url_options(location: str | os.PathLike, storage_options: dict | None,
+                        local_cache: str | os.PathLike | None) -> None:
     if storage_options:
         raise ValueError(f"storage_options are for URL locations (s3://...), and "
                          f"{os.fspath(location)!r} is a local folder")
